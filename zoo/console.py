@@ -1,0 +1,47 @@
+"""Rich output: progress bars and per-epoch lines on stderr, results on stdout; ``--quiet`` mutes."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Reporter:
+    """Progress for one long job: a named bar per phase, plus log lines."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description:<10}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=err, transient=True, disable=quiet)
+        self.tasks: dict[str, TaskID] = {}
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(message)
+
+    def advance(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+    def epoch(self, row: dict) -> None:
+        for phase in [p for p in self.tasks if p != "epochs"]:
+            self.progress.update(self.tasks[phase], completed=0)
+        mark = " *" if row.get("best") else ""
+        self.log(f"[bold]{row['stage']:>8}[/] epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
+                 f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
+                 f"lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}")
+
+
+@contextmanager
+def reporting(quiet: bool = False) -> Iterator[Reporter]:
+    rep = Reporter(quiet)
+    with rep.progress:
+        yield rep

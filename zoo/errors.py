@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI turns them into a clear message and a non-zero exit."""
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """A problem the user can fix: the message says what, where, and what to do."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UnreadableImageError(ZooError):
+    """A file that is not a decodable image (reason in the message)."""
+
+
+class WeightsNotFoundError(ZooError):
+    """Pretrained weights were asked for but none could be found."""

@@ -1,0 +1,151 @@
+"""``zoo train``: recipe -> data -> model -> Trainer -> run folder -> leaderboard row."""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from zoo import __version__
+from zoo.cache import DecodeCache
+from zoo.calibration import TemperatureScaler
+from zoo.console import Reporter
+from zoo.dataset import DatasetIndex, resolve_data_root, scan_dataset
+from zoo.errors import ZooError
+from zoo.fileio import write_text
+from zoo.leaderboard import record
+from zoo.metrics import classification_metrics
+from zoo.recipes import Recipe, dump_recipe
+from zoo.registry import Preprocessing, build_model, count_params, preprocessing_of
+from zoo.runs import (new_run_name, run_dir, runs_home, save_predictions, save_weights,
+                      write_history, write_meta)
+from zoo.splits import Split, get_split
+from zoo.training import SplitArrays, Trainer, predict_logits
+from zoo.weights import create_pretrained
+
+
+@dataclass
+class TrainOptions:
+    data: str | None = None
+    name: str | None = None
+    weights: str | None = None
+    quiet: bool = False
+    home: Path = field(default_factory=runs_home)
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    split: Split
+    notes: list[str]
+    parts: dict[str, SplitArrays]
+
+
+def create_for_recipe(recipe: Recipe, num_classes: int, weights: str | None) -> tuple[nn.Module, str]:
+    """The recipe's model: pretrained backbone (or random init when asked) and a new head."""
+    m = recipe.model
+    if m.pretrained or weights:
+        return create_pretrained(m.name, num_classes, weights or m.weights, **m.kwargs)
+    return build_model(m.name, num_classes, **m.kwargs), "random init (model.pretrained=false)"
+
+
+def prepare_data(data: str | None, pre: Preprocessing, rep: Reporter) -> PreparedData:
+    """Scan, split, and decode every photo once (decode cache) at the model's resize side."""
+    index = scan_dataset(resolve_data_root(data))
+    split, notes = get_split(index)
+    notes += [f"skipped {path}: {reason}" for path, reason in index.skipped]
+    by_path = {it.path: it for it in index.items}
+    cache = DecodeCache()
+    parts = {}
+    for name in ("train", "val", "test"):
+        paths = [p for p in split.paths(name) if p in by_path]
+        files = [index.root / p for p in paths]
+        done = iter(range(1, len(paths) + 1))
+        arrays = cache.get_many(files, [by_path[p].sha256 for p in paths], pre.resize_side,
+                                on_done=lambda: rep.advance(f"decode {name}", next(done), len(paths)))
+        labels = np.array([split.classes.index(by_path[p].label) for p in paths], dtype=np.int64)
+        parts[name] = SplitArrays(paths, arrays, labels)
+    notes.append(f"decode cache: {cache.hits} hits, {cache.misses} decoded")
+    return PreparedData(index, split, notes, parts)
+
+
+def inference_speed(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing) -> float:
+    """Images per second for batched inference on decoded photos (after one warm-up batch)."""
+    sample = arrays[:32]
+    predict_logits(model, sample[:4], pre)
+    start = time.perf_counter()
+    predict_logits(model, sample, pre)
+    return len(sample) / (time.perf_counter() - start)
+
+
+def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int) -> np.ndarray:
+    return torch.softmax(predict_logits(model, part.arrays, pre, bs), 1).numpy()
+
+
+def train(recipe: Recipe, opts: TrainOptions, rep: Reporter) -> Path:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.manual_seed(recipe.seed)
+    probe = build_model(recipe.model.name, 2, **recipe.model.kwargs)
+    pre = preprocessing_of(probe, recipe.data.image_size)
+    data = prepare_data(opts.data, pre, rep)
+    classes = data.split.classes
+    model, source = create_for_recipe(recipe, len(classes), opts.weights)
+    name = opts.name or new_run_name(recipe.model.name, opts.home)
+    path = run_dir(name, opts.home, must_exist=False)
+    if (path / "meta.json").exists():
+        raise ZooError(f"A run named '{name}' already exists in {opts.home}; choose another --name.")
+    meta = {
+        "name": name, "kind": "model", "status": "running", "model": recipe.model.name,
+        "model_kwargs": recipe.model.kwargs, "classes": classes, "preprocessing": pre.to_dict(),
+        "weights_source": source, "dataset": data.index.name, "data_root": str(data.index.root),
+        "split_id": data.split.id, "recipe_hash": recipe.digest(), "seed": recipe.seed,
+        "params": count_params(model), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"zoo": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "notes": data.notes,
+    }
+    write_text(path / "config.yaml", dump_recipe(recipe))
+    write_meta(path, meta)
+    for note in data.notes:
+        rep.log(f"[dim]{note}[/]")
+    rep.log(f"run [bold]{name}[/]: {recipe.model.name} ({meta['params']:,} params, weights: {source}), "
+            f"{len(data.parts['train'])} train / {len(data.parts['val'])} val / "
+            f"{len(data.parts['test'])} test images, {len(classes)} classes")
+    start = time.perf_counter()
+    trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"],
+                      on_epoch=lambda row: (rep.epoch(row), write_history(path, trainer.history)),
+                      on_batch=lambda stage, i, n: rep.advance(stage, i, n))
+    history = trainer.fit(pretrained=recipe.model.pretrained or bool(opts.weights))
+    meta["fit_seconds"] = time.perf_counter() - start
+    finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size)
+    return path
+
+
+def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
+               history: list[dict], batch_size: int) -> None:
+    """Score val and test, calibrate on val, save weights, predictions, plots; rank the run."""
+    from zoo.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
+
+    classes = meta["classes"]
+    val, test = data.parts["val"], data.parts["test"]
+    raw = {"val": _probs(model, val, pre, batch_size), "test": _probs(model, test, pre, batch_size)}
+    scaler = TemperatureScaler().fit(raw["val"], val.labels)
+    metrics = {}
+    for split, part in (("val", val), ("test", test)):
+        probs = scaler.transform(raw[split])
+        save_predictions(path, split, part.ids, part.labels, probs, probs_uncalibrated=raw[split])
+        metrics[split] = classification_metrics(part.labels, probs, classes)
+        metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, raw[split], classes)["ece"]
+    save_weights(path / "model.safetensors", model)
+    meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(),
+                infer_img_per_s=inference_speed(model, val.arrays, pre),
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), epochs_run=len(history))
+    plot_learning_curves(history, path / "plots" / "learning_curves.png")
+    plot_confusion_matrix(np.array(metrics["test"]["confusion"]), classes, path / "plots" / "confusion_matrix.png")
+    plot_reliability(test.labels, scaler.transform(raw["test"]), path / "plots" / "reliability.png")
+    write_meta(path, meta)
+    record(meta, path.parent)

@@ -1,0 +1,195 @@
+"""YAML recipes: ``base:`` inheritance, ``--set key=value`` overrides, strict validation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from zoo.errors import ZooError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(_Strict):
+    name: str
+    pretrained: bool = True
+    weights: Optional[str] = None  # explicit weights file or folder; --weights overrides
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSection(_Strict):
+    image_size: int = Field(224, ge=16, le=1024)
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
+class EarlyStopping(_Strict):
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    mode: Optional[Literal["min", "max"]] = None  # derived from monitor when left out
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _mode(self) -> "EarlyStopping":
+        if self.mode is None:
+            self.mode = "min" if self.monitor == "val_loss" else "max"
+        return self
+
+
+class WarmupStage(_Strict):
+    """Frozen-backbone stage: only the new head trains (on cached features when allowed)."""
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(3e-3, gt=0, le=10)
+    cached_features: bool = True
+    views: int = Field(2, ge=1, le=32)  # augmented views per training image for cached features
+
+
+class TrainSection(_Strict):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-4, gt=0, le=10)
+    weight_decay: float = Field(0.02, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(8, ge=0, le=10000)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_steps_pct: float = Field(0.1, ge=0, lt=1)  # linear lr warm-up inside cosine
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    warmup: Optional[WarmupStage] = Field(default_factory=WarmupStage)
+    channels_last: bool = True
+    bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
+
+    @model_validator(mode="after")
+    def _some_training(self) -> "TrainSection":
+        if self.epochs == 0 and self.warmup is None:
+            raise ValueError("nothing to train: train.epochs is 0 and there is no train.warmup stage")
+        return self
+
+
+class Recipe(_Strict):
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    augment: dict[str, list[dict[str, dict[str, Any]]]] = Field(default_factory=lambda: {
+        "train": [{"RandomResizedCrop": {"scale": [0.35, 1.0]}}, {"HorizontalFlip": {}},
+                  {"VerticalFlip": {}}, {"RandomRotate90": {}},
+                  {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.1,
+                                   "hue": 0.0}}]})
+    train: TrainSection = Field(default_factory=TrainSection)
+    seed: int = 0
+    description: str = ""
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def recipe_dirs() -> list[Path]:
+    dirs = [Path(os.environ["ZOO_RECIPES"])] if os.environ.get("ZOO_RECIPES") else []
+    return dirs + [Path("recipes"), Path(__file__).resolve().parent.parent / "recipes"]
+
+
+def find_recipe(name: str) -> Path | None:
+    """A recipe by file path or by name in the recipe folders."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    return next((d / f"{name}.yaml" for d in recipe_dirs() if (d / f"{name}.yaml").is_file()), None)
+
+
+def list_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(recipe_dirs()):
+        found.update({p.stem: p for p in sorted(d.glob("*.yaml"))})
+    return dict(sorted(found.items()))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ZooError(f"Recipe {path} is not valid YAML:\n{exc}") from exc
+    if not isinstance(data, dict):
+        raise ZooError(f"Recipe {path} must be a mapping of sections (model, data, train, ...).")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise ZooError(f"Recipe {path} inherits from itself (base: chain {' -> '.join(map(str, seen))}).")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = find_recipe(str(base)) or (path.parent / f"{base}.yaml")
+    if not base_path.is_file():
+        raise ZooError(f"Recipe {path}: base '{base}' not found (looked in "
+                       f"{', '.join(map(str, recipe_dirs()))}).")
+    return deep_merge(_load_raw(base_path, seen + (path.resolve(),)), data)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.pretrained=false"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ZooError(f"--set '{pair}' must look like section.field=value, e.g. --set train.lr=3e-4")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ZooError(f"--set {pair}: value is not valid YAML ({exc})") from exc
+    return out
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"Invalid recipe {source}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {field}: {msg} (got {err.get('input')!r})")
+    lines.append("See recipes/README section 'Recipes' in README.md for the allowed fields.")
+    return "\n".join(lines)
+
+
+def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, str]:
+    """Resolve a recipe name, a YAML path, or a bare model name (registry defaults).
+
+    Returns the validated recipe and a description of where it came from.
+    """
+    path = find_recipe(name)
+    if path is not None:
+        raw, source = _load_raw(path), str(path)
+    elif name.endswith((".yaml", ".yml")):
+        raise ZooError(f"Recipe file not found: {name}")
+    else:
+        default = find_recipe("defaults")
+        raw = _load_raw(default) if default else {}
+        raw = deep_merge(raw, {"model": {"name": name}})
+        source = f"defaults for model '{name}'"
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    try:
+        return Recipe.model_validate(raw), source
+    except ValidationError as exc:
+        raise ZooError(_format_errors(source, exc)) from exc
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(), sort_keys=False)

@@ -1,0 +1,274 @@
+"""Training schedule in the spirit of fastai's ``fine_tune``, composed of two obvious stages:
+
+1. ``warmup``: backbone frozen, only the new head trains. With ``cached_features`` the frozen
+   backbone's pooled features are computed once (a few augmented views per image) and the head
+   trains on them in seconds: the same result as running the frozen model every epoch.
+2. ``finetune``: every layer trains, cosine (or one-cycle) schedule.
+
+Each stage stops early on the validation monitor and restores its best weights. The test split
+never enters this module.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.recipes import EarlyStopping, Recipe
+from zoo.registry import Preprocessing
+from zoo.transforms import build_train_transform, eval_array, to_tensor
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class SplitArrays:
+    """Decoded photos of one split (uint8 arrays at ``Preprocessing.resize_side``)."""
+
+    ids: list[str]
+    arrays: list[np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class EarlyStopper:
+    cfg: EarlyStopping
+    best: float | None = None
+    bad_epochs: int = 0
+
+    def step(self, value: float) -> bool:
+        """Record one epoch's monitored value; True when it is a new best."""
+        sign = 1.0 if self.cfg.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.cfg.min_delta:
+            self.best, self.bad_epochs = value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.cfg.patience
+
+
+@dataclass
+class Stage:
+    """One stage: what trains, for how long, on which batches, and how it is validated."""
+
+    name: str
+    module: nn.Module
+    epochs: int
+    lr: float
+    n_batches: int
+    batches: Callable[[int], Iterator[Batch]]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    val_logits: Callable[[], torch.Tensor]
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    pre: Preprocessing
+    recipe: Recipe
+    train: SplitArrays
+    val: SplitArrays
+    on_epoch: Callable[[dict], None] = lambda row: None
+    on_batch: Callable[[str, int, int], None] = lambda stage, i, n: None
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cfg = self.recipe.train
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.val_labels = torch.as_tensor(self.val.labels)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # ---- the schedule -------------------------------------------------------------------
+    def fit(self, pretrained: bool) -> list[dict]:
+        torch.manual_seed(self.recipe.seed)
+        if pretrained and self.cfg.warmup is not None:
+            self._run(self._warmup_stage())
+        if self.cfg.epochs > 0:
+            self._run(self._finetune_stage())
+        return self.history
+
+    def _warmup_stage(self) -> Stage:
+        warm = self.cfg.warmup
+        head = self.model.get_classifier()
+        if warm.cached_features:
+            feats, labels = self._features(views=warm.views)
+            val_feats = self._val_features()
+            drop = nn.Dropout(getattr(self.model, "drop_rate", 0.0) or 0.0)
+            forward = lambda x: head(drop(x))  # noqa: E731
+            batches = lambda epoch: self._tensor_batches(feats, labels, epoch, 64)  # noqa: E731
+            n_batches = math.ceil(len(labels) / 64)
+            val_logits = lambda: head(val_feats)  # noqa: E731
+        else:
+            forward, batches, n_batches, val_logits = self._image_pipeline(frozen=True)
+        return Stage("warmup", head, warm.epochs, warm.lr, n_batches, batches, forward, val_logits)
+
+    def _finetune_stage(self) -> Stage:
+        forward, batches, n_batches, val_logits = self._image_pipeline(frozen=False)
+        return Stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, n_batches, batches,
+                     forward, val_logits)
+
+    # ---- one stage ------------------------------------------------------------------------
+    def _run(self, stage: Stage) -> None:
+        params = [p for p in stage.module.parameters() if p.requires_grad]
+        opt = self._optimizer(params, stage.lr)
+        sched = self._scheduler(opt, stage.lr, stage.epochs * stage.n_batches)
+        stopper = EarlyStopper(self.cfg.early_stopping)
+        best_state = copy.deepcopy(stage.module.state_dict())
+        for epoch in range(stage.epochs):
+            start = time.perf_counter()
+            train_loss = self._train_epoch(stage, epoch, opt, sched)
+            val_loss, val_acc = self._validate(stage)
+            monitored = val_loss if self.cfg.early_stopping.monitor == "val_loss" else val_acc
+            improved = stopper.step(monitored)
+            if improved:
+                best_state = copy.deepcopy(stage.module.state_dict())
+            row = {"epoch": len(self.history) + 1, "stage": stage.name, "train_loss": train_loss,
+                   "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - start, "best": improved}
+            self.history.append(row)
+            self.on_epoch(row)
+            if stopper.should_stop:
+                break
+        stage.module.load_state_dict(best_state)
+
+    def _train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler) -> float:
+        stage.module.train()
+        if stage.name == "warmup":
+            self.model.eval()  # frozen backbone keeps its batch-norm statistics
+            stage.module.train()
+        total, count = 0.0, 0
+        for i, (x, y) in enumerate(stage.batches(epoch)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                loss = self.loss_fn(stage.forward(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(y)
+            count += len(y)
+            self.on_batch(stage.name, i + 1, stage.n_batches)
+        return total / max(count, 1)
+
+    @torch.inference_mode()
+    def _validate(self, stage: Stage) -> tuple[float, float]:
+        self.model.eval()
+        logits = stage.val_logits().float()
+        loss = F.cross_entropy(logits, self.val_labels).item()
+        acc = (logits.argmax(1) == self.val_labels).float().mean().item()
+        return loss, acc
+
+    # ---- optimisation ---------------------------------------------------------------------
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]  # biases and norm scales
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def _scheduler(self, opt: torch.optim.Optimizer, lr: float, total: int):
+        if self.cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1))
+        warm = int(total * self.cfg.warmup_steps_pct)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if self.cfg.schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    # ---- data -----------------------------------------------------------------------------
+    def _image_pipeline(self, frozen: bool):
+        bs = self.recipe.data.batch_size
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        for p in self.model.parameters():
+            p.requires_grad = not frozen or id(p) in head
+        batches = lambda epoch: self._image_batches(epoch, bs)  # noqa: E731
+        val_logits = lambda: predict_logits(self.model, self.val.arrays, self.pre, bs,  # noqa: E731
+                                            self.cfg.channels_last)
+        return self.model, batches, math.ceil(len(self.train) / bs), val_logits
+
+    def _augment(self, epoch: int):
+        return build_train_transform(self.recipe.augment.get("train", []), self.pre.image_size,
+                                     seed=self.recipe.seed * 1000 + epoch)
+
+    def _image_batches(self, epoch: int, bs: int) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.recipe.seed * 1000 + epoch)
+        order = rng.permutation(len(self.train))
+        aug = self._augment(epoch)
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            if len(idx) < 2 and start:  # batch norm cannot train on one image
+                continue
+            arrays = [aug(image=self.train.arrays[i])["image"] for i in idx]
+            yield (to_tensor(arrays, self.pre, self.cfg.channels_last),
+                   torch.as_tensor(self.train.labels[idx]))
+
+    def _tensor_batches(self, x: torch.Tensor, y: torch.Tensor, epoch: int, bs: int) -> Iterator[Batch]:
+        order = torch.from_numpy(np.random.default_rng(self.recipe.seed * 1000 + epoch)
+                                 .permutation(len(y)))
+        for start in range(0, len(y), bs):
+            idx = order[start:start + bs]
+            yield x[idx], y[idx]
+
+    @torch.inference_mode()
+    def _features(self, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features of ``views`` augmented copies of every training image."""
+        self.model.eval()
+        feats, labels = [], []
+        for view in range(views):
+            aug = self._augment(10_000 + view)
+            for start in range(0, len(self.train), self.recipe.data.batch_size):
+                idx = range(start, min(start + self.recipe.data.batch_size, len(self.train)))
+                arrays = [aug(image=self.train.arrays[i])["image"] for i in idx]
+                feats.append(pooled_features(self.model, to_tensor(arrays, self.pre,
+                                                                   self.cfg.channels_last)))
+                labels.append(torch.as_tensor(self.train.labels[list(idx)]))
+                self.on_batch("features", len(feats), views * math.ceil(
+                    len(self.train) / self.recipe.data.batch_size))
+        return torch.cat(feats).clone(), torch.cat(labels).clone()
+
+    @torch.inference_mode()
+    def _val_features(self) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        for start in range(0, len(self.val), self.recipe.data.batch_size):
+            arrays = [eval_array(a, self.pre) for a in self.val.arrays[start:start + self.recipe.data.batch_size]]
+            out.append(pooled_features(self.model, to_tensor(arrays, self.pre, self.cfg.channels_last)))
+        return torch.cat(out).clone()
+
+
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of the classifier (timm's ``forward_head(pre_logits=True)``)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
+                   batch_size: int = 32, channels_last: bool = True) -> torch.Tensor:
+    """Logits for decoded photos, with the eval transform (resize, centre crop)."""
+    model.eval()
+    out = []
+    for start in range(0, len(arrays), batch_size):
+        views = [eval_array(a, pre) for a in arrays[start:start + batch_size]]
+        out.append(model(to_tensor(views, pre, channels_last)).float())
+    return torch.cat(out) if out else torch.empty(0)
