@@ -1,0 +1,71 @@
+"""`zoo leaderboard` and `zoo models`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from zoo.cli.app import app
+from zoo.console import err, out
+
+
+@app.command()
+def leaderboard(
+    format: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+    sort: str = typer.Option("test_accuracy", "--sort", help="Column to rank by."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only runs on this dataset."),
+    all_: bool = typer.Option(False, "--all", help="Include unfinished runs."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the table from the run folders first."),
+) -> None:
+    """List every run and ensemble, best first.
+
+    [bold]Examples[/]
+      zoo leaderboard
+      zoo leaderboard --sort test_nll --format markdown
+      zoo leaderboard --format json > board.json
+    """
+    from zoo import leaderboard as lb
+    from zoo.tables import render_rows
+
+    if rebuild:
+        err.print(f"rebuilt {lb.rebuild()} rows from run folders")
+    render_rows(lb.rows(sort=sort, dataset=dataset, include_unfinished=all_), format)
+
+
+@app.command()
+def models(all_: bool = typer.Option(False, "--all", help="List every timm architecture name too.")) -> None:
+    """List the registry: the zoo's models and recipes, and where their weights come from.
+
+    [bold]Examples[/]
+      zoo models
+      zoo models --all | grep efficientnet
+    """
+    import timm
+
+    from zoo.recipes import list_recipes, load_recipe
+    from zoo.registry import zoo_model_names
+    from zoo.weights import availability
+
+    if all_:
+        for name in timm.list_models():
+            out.print(name, highlight=False)
+        return
+    table = Table(title="mineral-zoo models")
+    for col in ("recipe", "model", "pretrained", "weights here", "image size"):
+        table.add_column(col)
+    shown = set()
+    for rname in list_recipes():
+        if rname == "defaults":
+            continue
+        rec, _ = load_recipe(rname)
+        shown.add(rec.model.name)
+        table.add_row(rname, rec.model.name, "yes" if rec.model.pretrained else "no",
+                      availability(rec.model.name), str(rec.data.image_size))
+    for mname in zoo_model_names():
+        if mname not in shown:
+            table.add_row("-", mname, "no", availability(mname), "-")
+    out.print(table)
+    out.print("Any timm model name also works: `zoo train <timm name>` (see `zoo models --all`).")
+
+

@@ -1,0 +1,47 @@
+"""`zoo data check` and `zoo cache clear`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.table import Table
+
+from zoo.cli.app import DataOpt, cache_app, data_app
+from zoo.console import out
+
+
+@data_app.command("check")
+def data_check(data: Optional[str] = DataOpt) -> None:
+    """Index a dataset: class counts, unreadable files with reasons, the fixed split.
+
+    [bold]Examples[/]
+      zoo data check --data ~/photos/minerals
+    """
+    from zoo.dataset import resolve_data_root, scan_dataset
+    from zoo.splits import get_split
+
+    index = scan_dataset(resolve_data_root(data))
+    table = Table(title=f"{index.name}: {len(index.items)} readable images")
+    for col in ("class", "images", "train", "val", "test"):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    split, notes = get_split(index)
+    for cls, n in index.counts().items():
+        per = [sum(1 for it in index.items if it.label == cls and split.assignment.get(it.path) == s)
+               for s in ("train", "val", "test")]
+        table.add_row(cls, str(n), *map(str, per))
+    out.print(table)
+    out.print(f"split {split.id}; " + "; ".join(notes) if notes else f"split {split.id}")
+    if index.skipped:
+        out.print(f"[yellow]{len(index.skipped)} file(s) skipped:[/]")
+        for path, reason in index.skipped:
+            out.print(f"  {path}: {reason}", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete the decode cache (it is rebuilt on the next run)."""
+    from zoo.cache import DecodeCache
+
+    cache = DecodeCache()
+    out.print(f"freed {cache.clear() / 1e6:.1f} MB from {cache.root}")
+
+

@@ -1,0 +1,56 @@
+"""`zoo train`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from zoo.cli.app import DataOpt, QuietOpt, app
+from zoo.console import out, reporting
+from zoo.errors import ZooError
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml), a YAML path, or any model name."),
+    data: Optional[str] = DataOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default <model>-<n>)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field, e.g. train.lr=3e-4 (repeatable)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Pretrained weights: .safetensors file or folder."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train a model from a recipe and rank it on the leaderboard.
+
+    [bold]Examples[/]
+      zoo train custom_cnn
+      zoo train tf_efficientnet_lite0 --set train.epochs=4
+      zoo train resnet50 --weights ~/weights/resnet50.safetensors
+      zoo train convnext_tiny --set model.pretrained=false --name convnext-scratch
+    """
+    from zoo.experiment import TrainOptions, train as run_training
+    from zoo.recipes import load_recipe
+    from zoo.registry import check_model_name
+
+    if resume:
+        raise ZooError("--resume is not available yet in this version.")
+    rec, source = load_recipe(recipe, set_)
+    check_model_name(rec.model.name)
+    with reporting(quiet) as rep:
+        rep.log(f"recipe: {source}")
+        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, quiet=quiet), rep)
+    _print_run_summary(path, quiet)
+
+
+def _print_run_summary(path: Path, quiet: bool) -> None:
+    from zoo.runs import read_meta
+
+    meta = read_meta(path)
+    test, val = meta["metrics"]["test"], meta["metrics"]["val"]
+    line = (f"{meta['name']}: test_acc {test['accuracy']:.4f}  val_acc {val['accuracy']:.4f}  "
+            f"macro_f1 {test['macro_f1']:.4f}  nll {test['nll']:.4f}  ece {test['ece']:.4f}  "
+            f"fit {meta.get('fit_seconds', 0):.0f}s")
+    out.print(line if quiet else f"[bold green]done[/] {line}\n  saved to {path}")
+
+
