@@ -3,16 +3,26 @@ across epochs, runs and models. Keyed by file content (sha256) and size, so an e
 is a new entry; the cache lives under the run root (``<ZOO_HOME>/.cache``)."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from zoo.fileio import atomic_path
 from zoo.imaging import load_image, resize_short_side
+
+_ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
+# JPEGs are decoded at reduced scale (Pillow draft) down to at least DRAFT_MARGIN x the target
+# side, so a real bicubic downscale still does the final filtering: with a margin of 1 the
+# blocky DCT reduction showed through (mean 1.9, max 5.9 grey levels from a full decode on the
+# MINET photos at 73 px); with 2: mean 0.5, max 3.5, and still ~1.6x faster than a full decode.
+DRAFT_MARGIN = 2
 
 
 def cache_root() -> Path:
@@ -22,8 +32,34 @@ def cache_root() -> Path:
 
 
 def decode_array(source: str | Path | bytes, side: int) -> np.ndarray:
-    """Decode a photo to an HxWx3 uint8 array whose shorter side is ``side``."""
-    return np.ascontiguousarray(np.asarray(resize_short_side(load_image(source, min_side=side), side)))
+    """Decode a photo to an HxWx3 uint8 array whose shorter side is ``side``.
+
+    Large JPEGs are decoded at reduced scale (see ``DRAFT_MARGIN``); the output still has
+    exactly the shape that a full-resolution decode + ``resize_short_side`` gives, so cached
+    training and validation views line up with what ``zoo predict`` sees.
+    """
+    img = load_image(source, min_side=DRAFT_MARGIN * side)
+    full_w, full_h = _display_size(source)
+    if img.size == (full_w, full_h):
+        return np.ascontiguousarray(np.asarray(resize_short_side(img, side)))
+    scale = side / min(full_w, full_h)
+    size = (max(1, round(full_w * scale)), max(1, round(full_h * scale)))
+    reduce = 3.0 if side / min(img.size) < 0.5 else None
+    return np.ascontiguousarray(np.asarray(img.resize(size, Image.Resampling.BICUBIC,
+                                                      reducing_gap=reduce)))
+
+
+def _display_size(source: str | Path | bytes) -> tuple[int, int]:
+    """Full width and height as displayed (EXIF orientation applied), from the header only."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    with fp, Image.open(fp) as img:
+        w, h = img.size
+        return (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def _valid(arr: np.ndarray, side: int) -> bool:
+    """Whether a loaded entry looks like what ``decode_array`` writes (catches damaged files)."""
+    return arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and min(arr.shape[:2]) == side
 
 
 class DecodeCache:
@@ -31,25 +67,34 @@ class DecodeCache:
         self.root = Path(root) if root else cache_root() / "decoded"
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()  # get_many updates the counters from several threads
 
     def path(self, sha256: str, side: int) -> Path:
         return self.root / str(side) / sha256[:2] / f"{sha256}.npy"
 
     def get(self, file: Path, sha256: str, side: int) -> np.ndarray:
+        """The photo's decoded array: read from the cache, or decoded and stored (a damaged
+        entry is decoded again and overwritten)."""
         entry = self.path(sha256, side)
-        if entry.is_file():
-            try:
-                arr = np.load(entry, allow_pickle=False)
-                self.hits += 1
-                return arr
-            except (OSError, ValueError):
-                pass  # damaged entry: decode again and overwrite
-        arr = decode_array(file, side)
-        with atomic_path(entry) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-        self.misses += 1
+        arr = self._load(entry, side)
+        hit = arr is not None
+        if arr is None:
+            arr = decode_array(file, side)
+            with atomic_path(entry) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, arr, allow_pickle=False)
+        with self._lock:
+            self.hits += int(hit)
+            self.misses += int(not hit)
         return arr
+
+    @staticmethod
+    def _load(entry: Path, side: int) -> np.ndarray | None:
+        try:
+            arr = np.load(entry, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent, truncated, empty or foreign file
+            return None
+        return arr if _valid(arr, side) else None
 
     def get_many(self, files: list[Path], shas: list[str], side: int, workers: int = 2,
                  on_done: Callable[[], None] | None = None) -> list[np.ndarray]:

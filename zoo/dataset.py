@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,19 +59,46 @@ def dhash(img: Image.Image) -> int:
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _inspect(path: Path) -> tuple[str, int] | str:
-    """(sha256, dhash) of a readable image, or the reason it cannot be used."""
+    """(sha256, dhash) of a readable image, or the reason it cannot be used.
+
+    Decoding comes first: Pillow identifies a file from its header, so a large non-image (a
+    video, an archive) is rejected without being read into memory.
+    """
     try:
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file (a pipe, socket or device)"
+        if info.st_size == 0:
+            return "empty file (0 bytes)"
+        img = load_image(path, min_side=64)
+        return _sha256(path), dhash(img)
+    except UnreadableImageError as exc:
+        return str(exc).removeprefix(f"{path}: ")
     except OSError as exc:
         return f"cannot read file ({exc.strerror})"
-    if not data:
-        return "empty file (0 bytes)"
+
+
+def valid_name(name: str) -> bool:
+    """False for names that are not valid UTF-8 (Python keeps their bytes as lone surrogates)."""
     try:
-        img = load_image(data, min_side=64)
-    except UnreadableImageError as exc:
-        return str(exc).removeprefix("upload: ")
-    return hashlib.sha256(data).hexdigest(), dhash(img)
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print: undecodable bytes of a file name become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -82,18 +110,34 @@ def _visible_files(folder: Path) -> list[Path]:
     return out
 
 
+def _class_dirs(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The class folders of ``root``, and what at the top level is not one (with the reason)."""
+    try:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise ZooError(f"Cannot list the dataset folder {root}: {exc.strerror}. "
+                       "Check it exists and is readable.") from exc
+    dirs = [p for p in entries if p.is_dir() and valid_name(p.name)]
+    stray = [(shown(p.name) + "/", "class folder name is not valid UTF-8: rename the folder")
+             for p in entries if p.is_dir() and not valid_name(p.name)]
+    stray += [(shown(p.name), "not inside a class folder (ignored)") for p in entries if not p.is_dir()]
+    return dirs, stray
+
+
 def scan_dataset(root: Path, workers: int = 4) -> DatasetIndex:
     """Index every readable image under ``root/<class>/``; unreadable files are listed, not fatal."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs, skipped = _class_dirs(root)
     if not class_dirs:
         raise ZooError(f"No class folders in {root}: expected {root}/<class>/<image> "
                        "(one sub-folder per mineral).")
-    files = [(f, d.name) for d in class_dirs for f in _visible_files(d)]
+    files = [(f.relative_to(root).as_posix(), f, d.name) for d in class_dirs for f in _visible_files(d)]
+    skipped += [(shown(rel), "file or folder name is not valid UTF-8: rename it")
+                for rel, _, _ in files if not valid_name(rel)]
+    files = [entry for entry in files if valid_name(entry[0])]
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(_inspect, [f for f, _ in files]))
-    items, skipped = [], []
-    for (path, label), res in zip(files, results):
-        rel = path.relative_to(root).as_posix()
+        results = list(pool.map(_inspect, [f for _, f, _ in files]))
+    items = []
+    for (rel, _, label), res in zip(files, results):
         if isinstance(res, str):
             skipped.append((rel, res))
         else:

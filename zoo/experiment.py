@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 import torch
 import torch.nn as nn
 
@@ -22,11 +23,15 @@ from zoo.leaderboard import record
 from zoo.metrics import classification_metrics
 from zoo.recipes import Recipe, dump_recipe
 from zoo.registry import Preprocessing, build_model, count_params, preprocessing_of
-from zoo.runs import (new_run_name, run_dir, runs_home, save_predictions, save_weights,
+from zoo.resume import clear_state, load_state, save_state
+from zoo.runs import (new_run_name, read_meta, run_dir, runs_home, save_predictions, save_weights,
                       write_history, write_meta)
 from zoo.splits import Split, get_split
 from zoo.training import SplitArrays, Trainer, predict_logits
 from zoo.weights import create_pretrained
+
+
+RANDOM_INIT = "random init (model.pretrained=false)"
 
 
 @dataclass
@@ -51,7 +56,7 @@ def create_for_recipe(recipe: Recipe, num_classes: int, weights: str | None) -> 
     m = recipe.model
     if m.pretrained or weights:
         return create_pretrained(m.name, num_classes, weights or m.weights, **m.kwargs)
-    return build_model(m.name, num_classes, **m.kwargs), "random init (model.pretrained=false)"
+    return build_model(m.name, num_classes, **m.kwargs), RANDOM_INIT
 
 
 def prepare_data(data: str | None, pre: Preprocessing, rep: Reporter) -> PreparedData:
@@ -87,41 +92,81 @@ def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int) -> 
     return torch.softmax(predict_logits(model, part.arrays, pre, bs), 1).numpy()
 
 
-def train(recipe: Recipe, opts: TrainOptions, rep: Reporter) -> Path:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    torch.manual_seed(recipe.seed)
-    probe = build_model(recipe.model.name, 2, **recipe.model.kwargs)
-    pre = preprocessing_of(probe, recipe.data.image_size)
-    data = prepare_data(opts.data, pre, rep)
-    classes = data.split.classes
-    model, source = create_for_recipe(recipe, len(classes), opts.weights)
+def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Preprocessing,
+             model: nn.Module, source: str) -> tuple[Path, dict]:
     name = opts.name or new_run_name(recipe.model.name, opts.home)
     path = run_dir(name, opts.home, must_exist=False)
     if (path / "meta.json").exists():
         raise ZooError(f"A run named '{name}' already exists in {opts.home}; choose another --name.")
     meta = {
         "name": name, "kind": "model", "status": "running", "model": recipe.model.name,
-        "model_kwargs": recipe.model.kwargs, "classes": classes, "preprocessing": pre.to_dict(),
-        "weights_source": source, "dataset": data.index.name, "data_root": str(data.index.root),
-        "split_id": data.split.id, "recipe_hash": recipe.digest(), "seed": recipe.seed,
-        "params": count_params(model), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"zoo": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "notes": data.notes,
+        "model_kwargs": recipe.model.kwargs, "classes": data.split.classes,
+        "preprocessing": pre.to_dict(), "weights_source": source, "dataset": data.index.name,
+        "data_root": str(data.index.root), "split_id": data.split.id,
+        "recipe_hash": recipe.digest(), "seed": recipe.seed, "params": count_params(model),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"zoo": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "notes": data.notes, "fit_seconds": 0.0,
     }
     write_text(path / "config.yaml", dump_recipe(recipe))
     write_meta(path, meta)
+    return path, meta
+
+
+def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
+    """An unfinished run's folder, metadata and its own saved recipe."""
+    path = run_dir(run, home)
+    meta = read_meta(path)
+    if meta.get("status") == "finished":
+        raise ZooError(f"Run '{run}' already finished; nothing to resume.")
+    try:
+        recipe = Recipe.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ZooError(f"Run '{run}' has no usable config.yaml to resume from ({exc}).") from exc
+    return path, meta, recipe
+
+
+def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None = None) -> Path:
+    """Train a new run, or continue run ``resume`` from its last finished epoch."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.manual_seed(recipe.seed)
+    state = None
+    if resume:
+        path, meta, recipe = resume_target(resume, opts.home)
+        state = load_state(path)
+    pre = preprocessing_of(build_model(recipe.model.name, 2, **recipe.model.kwargs), recipe.data.image_size)
+    data = prepare_data(opts.data or (meta["data_root"] if resume else None), pre, rep)
+    if resume:
+        if data.split.id != meta["split_id"]:
+            raise ZooError(f"Run '{resume}' was trained on split {meta['split_id']}, but the data "
+                           f"now gives split {data.split.id}; it cannot be resumed on other data.")
+        model = build_model(recipe.model.name, len(data.split.classes), **recipe.model.kwargs)
+        meta["status"] = "running"
+    else:
+        model, source = create_for_recipe(recipe, len(data.split.classes), opts.weights)
+        path, meta = _new_run(recipe, opts, data, pre, model, source)
     for note in data.notes:
         rep.log(f"[dim]{note}[/]")
-    rep.log(f"run [bold]{name}[/]: {recipe.model.name} ({meta['params']:,} params, weights: {source}), "
+    rep.log(f"run [bold]{meta['name']}[/]{' (resumed)' if resume else ''}: {recipe.model.name} "
+            f"({meta['params']:,} params, weights: {meta['weights_source']}), "
             f"{len(data.parts['train'])} train / {len(data.parts['val'])} val / "
-            f"{len(data.parts['test'])} test images, {len(classes)} classes")
+            f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes")
     start = time.perf_counter()
     trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"],
                       on_epoch=lambda row: (rep.epoch(row), write_history(path, trainer.history)),
-                      on_batch=lambda stage, i, n: rep.advance(stage, i, n))
-    history = trainer.fit(pretrained=recipe.model.pretrained or bool(opts.weights))
-    meta["fit_seconds"] = time.perf_counter() - start
+                      on_batch=lambda stage, i, n: rep.advance(stage, i, n),
+                      on_checkpoint=lambda st: save_state(path, st))
+    try:
+        history = trainer.fit(meta["weights_source"] != RANDOM_INIT, state)
+    except KeyboardInterrupt:
+        meta.update(status="interrupted", fit_seconds=meta["fit_seconds"] + time.perf_counter() - start)
+        write_meta(path, meta)
+        raise ZooError(f"Interrupted. Run '{meta['name']}' keeps its last finished epoch; continue "
+                       f"with: zoo train {recipe.model.name} --resume {meta['name']}", exit_code=130)
+    meta["fit_seconds"] += time.perf_counter() - start
     finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size)
+    clear_state(path)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -13,7 +14,11 @@ from zoo.errors import UnreadableImageError
 # Largest image we agree to decode (pixels). The biggest real photo seen is 6016 x 6016 (36 MP);
 # anything larger than this is refused as a possible decompression bomb before it is decoded.
 MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow refuses at open above 2x this; we refuse above 1x
+# Process-wide (``catch_warnings`` is not thread-safe and scans decode in threads): our own size
+# check turns the bomb warning into a refusal, and a corrupt EXIF block only costs the rotation.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -31,6 +36,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def _exif_transposed(img: Image.Image) -> Image.Image:
+    """A copy with the EXIF orientation applied; a damaged EXIF block leaves the pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001  (EXIF parsers raise many types on malformed tags)
+        return img.copy()
+
+
+def _decode(fp: BinaryIO, min_side: int | None) -> Image.Image:
+    with Image.open(fp) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height:,} pixels")
+        if min_side and img.format == "JPEG":
+            scale = min(img.size) / min_side
+            if scale >= 2:
+                img.draft("RGB", (int(img.width / scale) + 1, int(img.height / scale) + 1))
+        img.load()
+        return _to_rgb(_exif_transposed(img))
+
+
 def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with EXIF orientation applied.
 
@@ -40,26 +65,18 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     """
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-            with fp, Image.open(fp) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
-                if min_side and img.format == "JPEG":
-                    scale = min(img.size) / min_side
-                    if scale >= 2:
-                        img.draft("RGB", (int(img.width / scale) + 1, int(img.height / scale) + 1))
-                img.load()
-                return _to_rgb(ImageOps.exif_transpose(img))
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp:
+            return _decode(fp, min_side)
     except FileNotFoundError as exc:
         raise UnreadableImageError(f"{name}: file not found") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnreadableImageError(
-            f"{name}: refused, too many pixels ({exc}); the limit is {MAX_PIXELS:,} pixels") from exc
+    except (IsADirectoryError, PermissionError) as exc:
+        raise UnreadableImageError(f"{name}: cannot read file ({exc.strerror})") from exc
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImageError(f"{name}: refused as a possible decompression bomb ({exc}); "
+                                   f"the limit is {MAX_PIXELS:,} pixels") from exc
     except UnidentifiedImageError as exc:
         raise UnreadableImageError(f"{name}: not an image Pillow can read") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001  (decoders raise many types on hostile input)
         raise UnreadableImageError(f"{name}: damaged or truncated image ({exc})") from exc
 
 

@@ -1,7 +1,10 @@
 """The leaderboard: one SQLite row per run and per ensemble (``<ZOO_HOME>/zoo.db``).
 
-WAL mode and a busy timeout let two trainings write at once; the table can always be rebuilt
-from the run folders, which stay the source of truth.
+Table ``runs`` also holds a ``<run>+tta`` row (kind ``tta``) once a run was evaluated with
+test-time augmentation on its own split; table ``evaluations`` holds scores on external test
+folders (``zoo evaluate RUN --data DIR``), ranked with ``zoo leaderboard --on DIR``.
+WAL mode and a busy timeout let two trainings write at once; both tables can always be rebuilt
+from the run folders (meta.json, evaluations/*.json), which stay the source of truth.
 """
 from __future__ import annotations
 
@@ -20,8 +23,15 @@ COLUMNS = {
     "params": "INTEGER", "fit_seconds": "REAL", "infer_img_per_s": "REAL", "created": "TEXT",
     "members": "TEXT", "evaluated_on": "TEXT",
 }
+EVAL_COLUMNS = {
+    "run": "TEXT", "on_folder": "TEXT", "tta": "INTEGER", "accuracy": "REAL",
+    "balanced_accuracy": "REAL", "macro_f1": "REAL", "nll": "REAL", "ece": "REAL",
+    "ece_uncalibrated": "REAL", "n": "INTEGER", "unknown_skipped": "INTEGER",
+    "unreadable": "INTEGER", "created": "TEXT",
+}
 SORTABLE = [c for c, t in COLUMNS.items() if t in ("REAL", "INTEGER")] + ["name", "created"]
 ASCENDING = {"test_nll", "ece", "fit_seconds", "params"}
+TTA_SUFFIX = "+tta"
 
 
 def db_path(home: Path | None = None) -> Path:
@@ -36,6 +46,8 @@ def _connect(home: Path | None) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+        cols = ", ".join(f"{c} {t}" for c, t in EVAL_COLUMNS.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS evaluations ({cols}, PRIMARY KEY (run, on_folder, tta))")
         return con
     except sqlite3.Error as exc:
         raise ZooError(f"Cannot open the leaderboard {path}: {exc}. Check the folder is writable, "
@@ -59,11 +71,55 @@ def row_from_meta(meta: dict) -> dict:
     }
 
 
-def record(meta: dict, home: Path | None = None) -> None:
-    row = row_from_meta(meta)
+def tta_row(meta: dict, evaluation: dict) -> dict:
+    """The ``<run>+tta`` row: the run's row with test (and validation) scores under TTA."""
+    test, val = evaluation["metrics"], evaluation.get("val_metrics") or {}
+    speed = meta.get("infer_img_per_s")
+    return {**row_from_meta(meta), "name": meta["name"] + TTA_SUFFIX, "kind": "tta",
+            "test_accuracy": test["accuracy"], "val_accuracy": val.get("accuracy"),
+            "balanced_accuracy": test["balanced_accuracy"], "macro_f1": test["macro_f1"],
+            "test_nll": test["nll"], "ece": test["ece"], "created": evaluation["created"],
+            "infer_img_per_s": speed / evaluation["views"] if speed else None,
+            "evaluated_on": f"test split, {evaluation['views']}-view TTA"}
+
+
+def evaluation_row(evaluation: dict) -> dict:
+    """The ``evaluations`` row of an external evaluation (``evaluations/<name>.json``)."""
+    m = evaluation["metrics"]
+    return {"run": evaluation["run"], "on_folder": evaluation["on"], "tta": int(evaluation["tta"]),
+            "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+            "macro_f1": m["macro_f1"], "nll": m["nll"], "ece": m["ece"],
+            "ece_uncalibrated": m.get("ece_uncalibrated"), "n": m["n"],
+            "unknown_skipped": sum(evaluation.get("unknown", {}).values()),
+            "unreadable": len(evaluation.get("unreadable", [])), "created": evaluation["created"]}
+
+
+def _insert(table: str, row: dict, home: Path | None) -> None:
     with closing(_connect(home)) as con, con:
-        con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(row)}) VALUES "
+        con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
                     f"({', '.join('?' for _ in row)})", list(row.values()))
+
+
+def record(meta: dict, home: Path | None = None) -> None:
+    _insert("runs", row_from_meta(meta), home)
+
+
+def record_evaluation(meta: dict, evaluation: dict, home: Path | None = None) -> None:
+    """Rank a stored evaluation: own test split with TTA -> ``runs``; a folder -> ``evaluations``."""
+    if evaluation["on"] is None:
+        _insert("runs", tta_row(meta, evaluation), home)
+    else:
+        _insert("evaluations", evaluation_row(evaluation), home)
+
+
+def _stored_evaluations(path: Path) -> list[dict]:
+    out = []
+    for file in sorted((path / "evaluations").glob("*.json")):
+        try:
+            out.append(json.loads(file.read_text()))
+        except (OSError, ValueError):
+            continue  # a damaged evaluation is re-created by running `zoo evaluate` again
+    return out
 
 
 def rebuild(home: Path | None = None) -> int:
@@ -72,9 +128,15 @@ def rebuild(home: Path | None = None) -> int:
     metas = [read_meta(home / name) for name in run_names(home)]
     with closing(_connect(home)) as con, con:
         con.execute("DELETE FROM runs")
+        con.execute("DELETE FROM evaluations")
+    count = 0
     for meta in metas:
         record(meta, home)
-    return len(metas)
+        evaluations = _stored_evaluations(home / meta["name"])
+        for evaluation in evaluations:
+            record_evaluation(meta, evaluation, home)
+        count += 1 + len(evaluations)
+    return count
 
 
 def rows(home: Path | None = None, sort: str = "test_accuracy", dataset: str | None = None,
@@ -95,9 +157,51 @@ def rows(home: Path | None = None, sort: str = "test_accuracy", dataset: str | N
         return [dict(r) for r in con.execute(sql, args)]
 
 
+_ON_SQL = f"""
+    SELECT e.run || CASE WHEN e.tta THEN '{TTA_SUFFIX}' ELSE '' END AS name,
+           CASE WHEN e.tta THEN 'tta' ELSE r.kind END AS kind, r.model, r.dataset, r.split_id,
+           e.accuracy AS test_accuracy,
+           CASE WHEN e.tta THEN t.val_accuracy ELSE r.val_accuracy END AS val_accuracy,
+           e.balanced_accuracy, e.macro_f1, e.nll AS test_nll, e.ece, e.ece_uncalibrated,
+           r.params, r.fit_seconds,
+           CASE WHEN e.tta THEN t.infer_img_per_s ELSE r.infer_img_per_s END AS infer_img_per_s,
+           e.created, r.members, e.on_folder AS evaluated_on, e.n, e.unknown_skipped, e.unreadable
+    FROM evaluations e LEFT JOIN runs r ON r.name = e.run
+         LEFT JOIN runs t ON t.name = e.run || '{TTA_SUFFIX}'
+    WHERE e.on_folder = ?"""
+
+
+def evaluated_folders(home: Path | None = None) -> list[str]:
+    with closing(_connect(home)) as con:
+        return [r[0] for r in con.execute("SELECT DISTINCT on_folder FROM evaluations ORDER BY 1")]
+
+
+def rows_on(on: str, home: Path | None = None, sort: str = "test_accuracy",
+            dataset: str | None = None) -> list[dict]:
+    """Leaderboard rows scored on the external folder ``on``: ``test_*`` columns are on that folder."""
+    if sort not in SORTABLE:
+        raise ZooError(f"Cannot sort by '{sort}'. Choose one of: {', '.join(SORTABLE)}.")
+    order = "ASC" if sort in ASCENDING or sort == "name" else "DESC"
+    args: list[str] = [on]
+    where = ""
+    if dataset:
+        where, args = "WHERE dataset = ?", [on, dataset]
+    sql = (f"SELECT * FROM ({_ON_SQL}) {where} "
+           f"ORDER BY {sort} IS NULL, {sort} {order}, val_accuracy DESC, name")
+    with closing(_connect(home)) as con:
+        con.row_factory = sqlite3.Row
+        found = [dict(r) for r in con.execute(sql, args)]
+    if not found and not dataset:
+        known = evaluated_folders(home)
+        listed = f"Evaluated folders: {', '.join(known)}." if known else "Nothing was evaluated yet."
+        raise ZooError(f"No evaluations on '{on}'. {listed} Evaluate on a folder with "
+                       "`zoo evaluate RUN --data DIR`; --on takes the folder's name.")
+    return found
+
+
 def best_run(home: Path | None = None) -> str | None:
     """The best finished run or ensemble, chosen on validation accuracy (never on test)."""
-    best = rows(home, sort="val_accuracy")
+    best = [r for r in rows(home, sort="val_accuracy") if r["kind"] != "tta"]
     return best[0]["name"] if best else None
 
 

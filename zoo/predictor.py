@@ -1,7 +1,8 @@
 """Load a finished run or ensemble as one object that turns photos into probabilities.
 
 Each model brings its own preprocessing and calibration, so an ensemble can mix models that
-want different image sizes and normalisations.
+want different image sizes and normalisations. ``tta=True`` averages the probabilities of the
+views in ``zoo.tta`` (each model builds them with its own preprocessing).
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from zoo.errors import ZooError
 from zoo.registry import Preprocessing, build_model
 from zoo.runs import read_meta, run_dir
 from zoo.training import predict_logits
+from zoo.transforms import to_tensor
+from zoo.tta import TTA_VIEWS, tta_views
+
+TTA_CHUNK = 32  # photos per TTA batch (x5 views)
 
 
 class ModelPredictor:
@@ -39,12 +44,34 @@ class ModelPredictor:
         self.model.eval()
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
 
-    def predict_arrays(self, arrays: list[np.ndarray], calibrated: bool = True) -> np.ndarray:
-        probs = torch.softmax(predict_logits(self.model, arrays, self.pre), 1).numpy()
+    @property
+    def decode_side(self) -> int:
+        """Shorter side to decode photos at: enough for the eval view and every TTA view."""
+        return self.pre.resize_side
+
+    def raw_proba(self, arrays: list[np.ndarray], tta: bool = False) -> np.ndarray:
+        """Uncalibrated probabilities (N, C) of decoded uint8 HxWx3 photos."""
+        if not arrays:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        if not tta:
+            return torch.softmax(predict_logits(self.model, arrays, self.pre), 1).numpy()
+        return np.concatenate([self._tta_proba(arrays[i:i + TTA_CHUNK])
+                               for i in range(0, len(arrays), TTA_CHUNK)])
+
+    @torch.inference_mode()
+    def _tta_proba(self, arrays: list[np.ndarray]) -> np.ndarray:
+        self.model.eval()
+        views = [v for a in arrays for v in tta_views(a, self.pre)]
+        probs = torch.softmax(self.model(to_tensor(views, self.pre)).float(), 1).numpy()
+        return probs.reshape(len(arrays), len(TTA_VIEWS), -1).mean(1)
+
+    def predict_arrays(self, arrays: list[np.ndarray], calibrated: bool = True,
+                       tta: bool = False) -> np.ndarray:
+        probs = self.raw_proba(arrays, tta)
         return self.scaler.transform(probs) if calibrated else probs
 
-    def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
-        return self.predict_arrays([np.asarray(img.convert("RGB")) for img in images])
+    def predict_proba(self, images: list[Image.Image], tta: bool = False) -> np.ndarray:
+        return self.predict_arrays([np.asarray(img.convert("RGB")) for img in images], tta=tta)
 
     def info(self) -> dict:
         test = self.meta.get("metrics", {}).get("test", {})
@@ -71,9 +98,15 @@ class EnsemblePredictor(ModelPredictor):
         self.method = load_method(self.meta["ensemble"])
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
 
-    def predict_arrays(self, arrays: list[np.ndarray], calibrated: bool = True) -> np.ndarray:
-        probs = self.method.predict_proba([m.predict_arrays(arrays) for m in self.members])
-        return self.scaler.transform(probs) if calibrated else probs
+    @property
+    def decode_side(self) -> int:
+        return max(m.decode_side for m in self.members)
+
+    def raw_proba(self, arrays: list[np.ndarray], tta: bool = False) -> np.ndarray:
+        """The fitted combination of the members' calibrated probabilities (each with its own TTA)."""
+        if not arrays:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.method.predict_proba([m.predict_arrays(arrays, tta=tta) for m in self.members])
 
 
 def load_predictor(run: str, home: Path | None = None) -> ModelPredictor:

@@ -61,8 +61,7 @@ def near_duplicate_groups(items: list[Item], max_bits: int = NEAR_DUPLICATE_BITS
     return [find(i) for i in range(len(items))]
 
 
-def _assign(index: DatasetIndex, seed: int) -> tuple[dict[str, str], dict[str, int]]:
-    groups = near_duplicate_groups(index.items)
+def _assign(index: DatasetIndex, groups: list[int], seed: int) -> dict[str, str]:
     members: dict[int, list[Item]] = {}
     for it, g in zip(index.items, groups):
         members.setdefault(g, []).append(it)
@@ -82,25 +81,38 @@ def _assign(index: DatasetIndex, seed: int) -> tuple[dict[str, str], dict[str, i
                 taken[split] += len(members[g])
             for it in members[g]:
                 assignment[it.path] = split
-    return assignment, {it.path: g for it, g in zip(index.items, groups)}
+    return assignment
 
 
-def _check_class_sizes(index: DatasetIndex) -> None:
-    small = {c: n for c, n in index.counts().items() if n < MIN_PER_CLASS}
+def _check_class_sizes(index: DatasetIndex, groups: list[int]) -> None:
+    """Each class needs MIN_PER_CLASS distinct photos (near-duplicates count once), and the
+    dataset at least two classes; otherwise one of train / val / test would lack the class."""
+    if len(index.classes) < 2:
+        raise ZooError(f"{index.root} has {len(index.classes)} class folder(s) with readable images "
+                       f"({', '.join(index.classes) or 'none'}); a classifier needs at least 2. "
+                       "Run `zoo data check` to see which files were skipped and why.")
+    leaders: dict[int, str] = {}
+    for it, g in zip(index.items, groups):
+        leaders.setdefault(g, it.label)
+    distinct = {c: sum(1 for label in leaders.values() if label == c) for c in index.classes}
+    small = {c: n for c, n in distinct.items() if n < MIN_PER_CLASS}
     if small:
-        listed = ", ".join(f"{c} ({n})" for c, n in small.items())
-        raise ZooError(f"Too few readable images in class {listed} of {index.root}: each class needs "
-                       f"at least {MIN_PER_CLASS} (one each for train, val and test). Add photos "
-                       "or remove the class folder.")
+        counts = index.counts()
+        listed = ", ".join(f"'{c}' ({counts[c]} readable image(s), {n} distinct)" for c, n in small.items())
+        raise ZooError(f"Too few photos in class {listed} of {index.root}: each class needs at least "
+                       f"{MIN_PER_CLASS} distinct photos (one each for train, val and test; "
+                       "near-duplicate copies count once). Add photos or remove the class folder.")
 
 
 def make_split(index: DatasetIndex, seed: int = SPLIT_SEED) -> Split:
-    _check_class_sizes(index)
-    assignment, groups = _assign(index, seed)
+    groups = near_duplicate_groups(index.items)
+    _check_class_sizes(index, groups)
+    assignment = _assign(index, groups, seed)
     digest = hashlib.sha256()
     for it in sorted(index.items, key=lambda it: it.path):
         digest.update(f"{it.path}\t{it.sha256}\t{assignment[it.path]}\n".encode())
-    return Split(digest.hexdigest()[:12], index.name, index.classes, assignment, groups)
+    group_of = {it.path: g for it, g in zip(index.items, groups)}
+    return Split(digest.hexdigest()[:12], index.name, index.classes, assignment, group_of)
 
 
 def save_split(split: Split, index: DatasetIndex, path: Path) -> None:

@@ -5,12 +5,13 @@
    trains on them in seconds: the same result as running the frozen model every epoch.
 2. ``finetune``: every layer trains, cosine (or one-cycle) schedule.
 
-Each stage stops early on the validation monitor and restores its best weights. The test split
-never enters this module.
+Each stage stops early on the validation monitor and restores its best weights. After every
+epoch the trainer hands a ``ResumeState`` to ``on_checkpoint``; seeds are derived from
+(seed, stage, epoch), so a resumed run ends exactly where an uninterrupted one would.
+The test split never enters this module.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,25 @@ class Stage:
 
 
 @dataclass
+class ResumeState:
+    """Everything needed to continue training after the last finished epoch."""
+
+    stage: int          # index of the stage to continue (or start)
+    epoch: int          # next epoch within that stage
+    best: float | None  # early stopping: best monitored value so far in the stage
+    bad_epochs: int
+    history: list[dict]
+    model: dict[str, torch.Tensor]
+    best_model: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclass
 class Trainer:
     model: nn.Module
     pre: Preprocessing
@@ -83,6 +103,7 @@ class Trainer:
     val: SplitArrays
     on_epoch: Callable[[dict], None] = lambda row: None
     on_batch: Callable[[str, int, int], None] = lambda stage, i, n: None
+    on_checkpoint: Callable[[ResumeState], None] = lambda state: None
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -93,12 +114,20 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     # ---- the schedule -------------------------------------------------------------------
-    def fit(self, pretrained: bool) -> list[dict]:
-        torch.manual_seed(self.recipe.seed)
-        if pretrained and self.cfg.warmup is not None:
-            self._run(self._warmup_stage())
-        if self.cfg.epochs > 0:
-            self._run(self._finetune_stage())
+    def stage_names(self, pretrained: bool) -> list[str]:
+        warm = pretrained and self.cfg.warmup is not None
+        return [n for n, on in (("warmup", warm), ("finetune", self.cfg.epochs > 0)) if on]
+
+    def fit(self, pretrained: bool, resume: ResumeState | None = None) -> list[dict]:
+        """Run the stages; with ``resume``, continue exactly where a saved state left off."""
+        if resume is not None:
+            self.history = list(resume.history)
+            self.model.load_state_dict(resume.model)
+        for i, name in enumerate(self.stage_names(pretrained)):
+            if resume is not None and i < resume.stage:
+                continue
+            stage = self._warmup_stage() if name == "warmup" else self._finetune_stage()
+            self._run(stage, i, resume if resume is not None and i == resume.stage else None)
         return self.history
 
     def _warmup_stage(self) -> Stage:
@@ -122,28 +151,39 @@ class Trainer:
                      forward, val_logits)
 
     # ---- one stage ------------------------------------------------------------------------
-    def _run(self, stage: Stage) -> None:
+    def _run(self, stage: Stage, index: int, resume: ResumeState | None) -> None:
         params = [p for p in stage.module.parameters() if p.requires_grad]
         opt = self._optimizer(params, stage.lr)
         sched = self._scheduler(opt, stage.lr, stage.epochs * stage.n_batches)
         stopper = EarlyStopper(self.cfg.early_stopping)
-        best_state = copy.deepcopy(stage.module.state_dict())
-        for epoch in range(stage.epochs):
+        best_state, first = _clone(self.model.state_dict()), 0
+        if resume is not None and resume.epoch > 0:
+            opt.load_state_dict(resume.optimizer)
+            sched.load_state_dict(resume.scheduler)
+            stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
+            best_state, first = resume.best_model, resume.epoch
+        for epoch in range(first, stage.epochs):
             start = time.perf_counter()
+            torch.manual_seed(self.recipe.seed * 1000 + 100 * index + epoch)  # dropout; resumable
             train_loss = self._train_epoch(stage, epoch, opt, sched)
             val_loss, val_acc = self._validate(stage)
             monitored = val_loss if self.cfg.early_stopping.monitor == "val_loss" else val_acc
             improved = stopper.step(monitored)
             if improved:
-                best_state = copy.deepcopy(stage.module.state_dict())
+                best_state = _clone(self.model.state_dict())
             row = {"epoch": len(self.history) + 1, "stage": stage.name, "train_loss": train_loss,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - start, "best": improved}
             self.history.append(row)
             self.on_epoch(row)
-            if stopper.should_stop:
+            if stopper.should_stop or epoch + 1 == stage.epochs:
                 break
-        stage.module.load_state_dict(best_state)
+            self.on_checkpoint(ResumeState(index, epoch + 1, stopper.best, stopper.bad_epochs,
+                                           list(self.history), self.model.state_dict(), best_state,
+                                           opt.state_dict(), sched.state_dict()))
+        self.model.load_state_dict(best_state)
+        self.on_checkpoint(ResumeState(index + 1, 0, None, 0, list(self.history),
+                                       self.model.state_dict(), best_state, {}, {}))
 
     def _train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
                      sched: torch.optim.lr_scheduler.LRScheduler) -> float:

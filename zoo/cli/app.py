@@ -2,8 +2,24 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
+from zoo.console import err
+from zoo.errors import ZooError
+
+
+class ZooGroup(TyperGroup):
+    """Turns a ZooError raised by any command into its message and exit code, never a traceback."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
+        try:
+            return super().invoke(ctx)
+        except ZooError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(cls=ZooGroup, no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   help="mineral-zoo: train, rank and ensemble mineral classifiers from photos.\n\n"
                        "Data: a folder of class folders (--data or ZOO_DATA). Runs: ZOO_HOME "
                        "(default ./runs). Offline weights: ZOO_WEIGHTS_DIR.")

@@ -1,12 +1,18 @@
 """`zoo data check` and `zoo cache clear`."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
+from rich.text import Text
 
 from zoo.cli.app import DataOpt, cache_app, data_app
 from zoo.console import out
+from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    from zoo.dataset import DatasetIndex
+    from zoo.splits import Split
 
 
 @data_app.command("check")
@@ -20,20 +26,31 @@ def data_check(data: Optional[str] = DataOpt) -> None:
     from zoo.splits import get_split
 
     index = scan_dataset(resolve_data_root(data))
-    table = Table(title=f"{index.name}: {len(index.items)} readable images")
+    try:
+        split, notes = get_split(index)
+    except ZooError:
+        _report(index, None, [])  # the counts and skipped files explain the error that follows
+        raise
+    _report(index, split, notes)
+
+
+def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:
+    from zoo.dataset import shown
+
+    table = Table(title=Text(f"{shown(index.name)}: {len(index.items)} readable images"))
     for col in ("class", "images", "train", "val", "test"):
         table.add_column(col, justify="right" if col != "class" else "left")
-    split, notes = get_split(index)
     for cls, n in index.counts().items():
         per = [sum(1 for it in index.items if it.label == cls and split.assignment.get(it.path) == s)
-               for s in ("train", "val", "test")]
-        table.add_row(cls, str(n), *map(str, per))
+               for s in ("train", "val", "test")] if split else ["-"] * 3
+        table.add_row(Text(cls), str(n), *map(str, per))
     out.print(table)
-    out.print(f"split {split.id}; " + "; ".join(notes) if notes else f"split {split.id}")
+    if split:
+        out.print("; ".join([f"split {split.id}"] + notes), highlight=False)
     if index.skipped:
         out.print(f"[yellow]{len(index.skipped)} file(s) skipped:[/]")
         for path, reason in index.skipped:
-            out.print(f"  {path}: {reason}", highlight=False)
+            out.print(f"  {path}: {reason}", highlight=False, markup=False)
 
 
 @cache_app.command("clear")

@@ -33,13 +33,14 @@ def train(
     from zoo.recipes import load_recipe
     from zoo.registry import check_model_name
 
-    if resume:
-        raise ZooError("--resume is not available yet in this version.")
+    if resume and set_:
+        raise ZooError("--resume continues a run with its own saved recipe; drop --set.")
     rec, source = load_recipe(recipe, set_)
     check_model_name(rec.model.name)
     with reporting(quiet) as rep:
         rep.log(f"recipe: {source}")
-        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, quiet=quiet), rep)
+        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, quiet=quiet), rep,
+                            resume=resume)
     _print_run_summary(path, quiet)
 
 

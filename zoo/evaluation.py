@@ -1,0 +1,343 @@
+"""``zoo evaluate`` and ``zoo predict``: score a run or ensemble on photos, or predict new photos.
+
+A run is scored on its own test split (its stored test predictions, or the photos again when
+test-time augmentation is asked for) or on any folder of ``<class>/<image>`` photos. External
+and TTA evaluations are stored in ``runs/<run>/evaluations/<name>[-tta].json`` (+ ``.npz`` with
+the probabilities) and ranked on the leaderboard.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from zoo.cache import decode_array
+from zoo.calibration import expected_calibration_error
+from zoo.errors import UnreadableImageError, ZooError
+from zoo.fileio import atomic_path, write_json
+from zoo.imaging import load_image
+from zoo.leaderboard import record_evaluation
+from zoo.metrics import classification_metrics
+from zoo.predictor import ModelPredictor, load_predictor
+from zoo.runs import load_predictions, read_meta, run_dir
+from zoo.splits import splits_dir
+from zoo.tta import TTA_VIEWS
+
+SPLIT_STEM = "test-split"  # file name of evaluations on the run's own test split
+CHUNK = 64                 # photos decoded and predicted at a time (bounded memory)
+TOP_LOSSES = 12
+THUMBNAIL = 192
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FilePredictions:
+    """Probabilities of the readable files among those asked for; the others with a reason."""
+
+    files: list[Path]
+    raw: np.ndarray            # uncalibrated (N, C)
+    probs: np.ndarray          # calibrated (N, C)
+    sha256: list[str]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    run: str
+    on: str | None             # external folder name; None for the run's own test split
+    tta: bool
+    source: str                # where the photos (or probabilities) came from
+    root: Path | None          # folder the ids are relative to; None when the photos are gone
+    classes: list[str]
+    ids: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    raw: np.ndarray | None
+    metrics: dict
+    val_metrics: dict | None = None
+    missing: list[str] = field(default_factory=list)
+    unknown: dict[str, int] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    seen_in_training: int = 0
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def name(self) -> str:
+        return f"{self.run}+tta" if self.tta else self.run
+
+    @property
+    def stored(self) -> bool:
+        """Stored and ranked: external folders and TTA (plain own-split scores are in meta.json)."""
+        return self.on is not None or self.tta
+
+    @property
+    def stem(self) -> str:
+        base = SPLIT_STEM if self.on is None else safe_stem(self.on)
+        return base + ("-tta" if self.tta else "")
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "on": self.on, "tta": self.tta,
+                "views": len(TTA_VIEWS) if self.tta else 1, "source": self.source,
+                "root": str(self.root) if self.root else None, "created": self.created,
+                "classes": self.classes, "metrics": self.metrics, "val_metrics": self.val_metrics,
+                "missing": self.missing, "unknown": self.unknown,
+                "unreadable": [list(u) for u in self.unreadable],
+                "seen_in_training": self.seen_in_training}
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe form of a folder name, never equal to the own-split stem."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "folder"
+    return f"{stem}-folder" if stem in (SPLIT_STEM, SPLIT_STEM + "-tta") else stem
+
+
+# ---- decoding and predicting files ----------------------------------------------------------
+def _decode(path: Path, side: int) -> tuple[np.ndarray, str] | str:
+    """(array, sha256) of a photo, or the reason it cannot be used."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        return "is a folder"
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror})"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        return decode_array(data, side), hashlib.sha256(data).hexdigest()
+    except UnreadableImageError as exc:
+        return str(exc).removeprefix("upload: ")
+
+
+def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = False,
+                  progress: Progress | None = None) -> FilePredictions:
+    """Decode and predict photos a chunk at a time; unreadable files are listed, never fatal."""
+    ok, shas, raw, bad = [], [], [], []
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(files), CHUNK):
+            chunk = files[start:start + CHUNK]
+            arrays = []
+            for path, res in zip(chunk, pool.map(lambda p: _decode(p, predictor.decode_side), chunk)):
+                if isinstance(res, str):
+                    bad.append((path, res))
+                else:
+                    ok.append(path)
+                    arrays.append(res[0])
+                    shas.append(res[1])
+            raw.append(predictor.raw_proba(arrays, tta))
+            if progress:
+                progress(min(start + CHUNK, len(files)), len(files))
+    raw_all = np.concatenate(raw) if raw else np.zeros((0, len(predictor.classes)), np.float32)
+    return FilePredictions(ok, raw_all, predictor.scaler.transform(raw_all), shas, bad)
+
+
+def visible_files(path: Path) -> list[Path]:
+    """A file, or every non-hidden file below a folder (sorted, recursive)."""
+    if not path.is_dir():
+        return [path]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return out
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+def _scores(labels: np.ndarray, probs: np.ndarray, raw: np.ndarray | None, classes: list[str]) -> dict:
+    metrics = classification_metrics(labels, probs, classes)
+    metrics["ece_uncalibrated"] = (float(expected_calibration_error(labels, raw))
+                                   if raw is not None else None)
+    return metrics
+
+
+def _data_root(meta: dict, home: Path | None) -> Path | None:
+    """Where the run's photos were (an ensemble's: its first member's)."""
+    if meta.get("kind") == "ensemble":
+        meta = read_meta(run_dir(meta["members"][0], home))
+    root = meta.get("data_root")
+    return Path(root) if root else None
+
+
+def _from_stored(path: Path, meta: dict, home: Path | None) -> Evaluation:
+    pred = load_predictions(path, "test")
+    raw = pred.get("probs_uncalibrated")
+    root = _data_root(meta, home)
+    return Evaluation(meta["name"], None, False, f"stored test predictions ({path / 'predictions'})",
+                      root if root and root.is_dir() else None, meta["classes"],
+                      pred["ids"].tolist(), pred["labels"], pred["probs"], raw,
+                      _scores(pred["labels"], pred["probs"], raw, meta["classes"]))
+
+
+def _rescore_split(predictor: ModelPredictor, root: Path, split: str, tta: bool,
+                   progress: Progress | None) -> tuple[list[str], np.ndarray, FilePredictions]:
+    pred = load_predictions(predictor.path, split)
+    ids = pred["ids"].tolist()
+    result = predict_files(predictor, [root / i for i in ids], tta, progress)
+    if result.unreadable:
+        path, reason = result.unreadable[0]
+        raise ZooError(f"{len(result.unreadable)} photo(s) of the {split} split of "
+                       f"'{predictor.name}' cannot be read (e.g. {path}: {reason}). Restore the "
+                       f"dataset at {root}, or evaluate without --tta to use stored predictions.")
+    return ids, pred["labels"], result
+
+
+def _own_split(predictor: ModelPredictor, tta: bool, home: Path | None,
+               progress: Progress | None) -> Evaluation:
+    """Score the run's own test split from its photos (and validation too, with TTA)."""
+    root = _data_root(predictor.meta, home)
+    if root is None or not root.is_dir():
+        raise ZooError(f"The photos of run '{predictor.name}' are not at {root} any more: "
+                       "restore the dataset there, or evaluate without --tta to use the stored "
+                       "test predictions.")
+    classes = predictor.classes
+    ids, labels, test = _rescore_split(predictor, root, "test", tta, progress)
+    ev = Evaluation(predictor.name, None, tta, f"{root} (test split)", root, classes, ids,
+                    labels, test.probs, test.raw, _scores(labels, test.probs, test.raw, classes))
+    if tta:
+        _, val_labels, val = _rescore_split(predictor, root, "val", tta, progress)
+        ev.val_metrics = _scores(val_labels, val.probs, val.raw, classes)
+    return ev
+
+
+def _class_folders(folder: Path, classes: list[str]) -> tuple[dict[Path, int], dict[str, int]]:
+    """Known class folders -> class index (names matched ignoring case); unknown -> file count."""
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise ZooError(f"No class folders in {folder}: expected {folder}/<class>/<image>, with "
+                       "class folders named like the model's classes.")
+    index = {c.casefold(): i for i, c in enumerate(classes)}
+    known, unknown = {}, {}
+    for d in subdirs:
+        if d.name.casefold() in index:
+            known[d] = index[d.name.casefold()]
+        else:
+            unknown[d.name] = len(visible_files(d))
+    if not known:
+        raise ZooError(f"None of the class folders in {folder} ({', '.join(unknown)}) is a class "
+                       f"of this model ({', '.join(classes)}): nothing to evaluate.")
+    return known, unknown
+
+
+def _training_hashes(meta: dict, home: Path | None) -> set[str]:
+    """sha256 of the run's train and validation photos, from its split file (empty if gone)."""
+    if meta.get("kind") == "ensemble":
+        meta = read_meta(run_dir(meta["members"][0], home))
+    try:
+        data = json.loads((splits_dir() / f"{meta.get('dataset')}.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    if data.get("id") != meta.get("split_id"):
+        return set()
+    return {it["sha256"] for it in data.get("items", []) if it.get("split") in ("train", "val")}
+
+
+def _external(predictor: ModelPredictor, folder: Path, tta: bool, home: Path | None,
+              progress: Progress | None) -> Evaluation:
+    known, unknown = _class_folders(folder, predictor.classes)
+    files, labels = [], []
+    for d, label in known.items():
+        found = visible_files(d)
+        files += found
+        labels += [label] * len(found)
+    result = predict_files(predictor, files, tta, progress)
+    if not result.files:
+        raise ZooError(f"No readable photo in the class folders of {folder} "
+                       f"({len(result.unreadable)} unreadable).")
+    label_of = dict(zip(files, labels))
+    y = np.array([label_of[f] for f in result.files], dtype=np.int64)
+    classes = predictor.classes
+    seen = _training_hashes(predictor.meta, home)
+    return Evaluation(
+        predictor.name, folder.name, tta, str(folder), folder, classes,
+        [f.relative_to(folder).as_posix() for f in result.files], y, result.probs, result.raw,
+        _scores(y, result.probs, result.raw, classes),
+        missing=[c for i, c in enumerate(classes) if i not in set(y.tolist())], unknown=unknown,
+        unreadable=[(f.relative_to(folder).as_posix(), r) for f, r in result.unreadable],
+        seen_in_training=sum(s in seen for s in result.sha256))
+
+
+def evaluate(run: str, data: str | Path | None = None, tta: bool = False,
+             home: Path | None = None, progress: Progress | None = None) -> Evaluation:
+    """Score ``run`` on its test split, or on the folder ``data`` of ``<class>/<image>`` photos.
+
+    Without ``data`` and ``tta`` the stored test predictions are scored (no model is run). A
+    ``data`` folder that is the run's own dataset means its test split, never its training photos.
+    """
+    path = run_dir(run, home)
+    meta = read_meta(path)
+    folder = Path(data).expanduser().resolve() if data is not None else None
+    if folder is not None and not folder.is_dir():
+        raise ZooError(f"Evaluation folder not found: {folder}. Pass a folder of class folders "
+                       "(<class>/<image>).")
+    own_root = _data_root(meta, home)
+    if folder is not None and own_root is not None and folder == own_root.resolve():
+        folder = None
+    if folder is None and not tta:
+        return _from_stored(path, meta, home)
+    predictor = load_predictor(run, home)
+    if folder is None:
+        return _own_split(predictor, tta, home, progress)
+    return _external(predictor, folder, tta, home, progress)
+
+
+# ---- storing and plotting -------------------------------------------------------------------
+def save_evaluation(ev: Evaluation, home: Path | None = None) -> Path:
+    """Write evaluations/<stem>.json and .npz in the run folder and rank it on the leaderboard."""
+    path = run_dir(ev.run, home)
+    folder = path / "evaluations"
+    write_json(folder / f"{ev.stem}.json", ev.to_dict())
+    buf = io.BytesIO()
+    extra = {"probs_uncalibrated": np.asarray(ev.raw, np.float32)} if ev.raw is not None else {}
+    np.savez_compressed(buf, ids=np.asarray(ev.ids, dtype=str), labels=ev.labels.astype(np.int64),
+                        probs=np.asarray(ev.probs, np.float32), **extra)
+    with atomic_path(folder / f"{ev.stem}.npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+    record_evaluation(read_meta(path), ev.to_dict(), path.parent)
+    return folder / f"{ev.stem}.json"
+
+
+def top_losses(ev: Evaluation, k: int = TOP_LOSSES) -> list[int]:
+    """Indices of the misclassified photos with the highest loss (-log p(true class)), worst first."""
+    p_true = ev.probs[np.arange(len(ev.labels)), ev.labels]
+    wrong = np.flatnonzero(ev.probs.argmax(1) != ev.labels)
+    return wrong[np.argsort(p_true[wrong], kind="stable")][:k].tolist()
+
+
+def _thumbnail(path: Path):
+    img = load_image(path, min_side=THUMBNAIL)
+    img.thumbnail((THUMBNAIL, THUMBNAIL))
+    return img
+
+
+def write_plots(ev: Evaluation, home: Path | None = None) -> list[Path]:
+    """Top-losses grid (needs the photos) and, for stored evaluations, a confusion matrix."""
+    from zoo.plots import plot_confusion_matrix, plot_top_losses
+
+    plots = run_dir(ev.run, home) / "plots"
+    suffix = f"_{ev.stem}" if ev.stored else ""
+    written = []
+    if ev.stored:
+        written.append(plot_confusion_matrix(np.array(ev.metrics["confusion"]), ev.classes,
+                                             plots / f"confusion_matrix{suffix}.png"))
+    if ev.root is not None:
+        images, titles = [], []
+        for i in top_losses(ev):
+            try:
+                images.append(_thumbnail(ev.root / ev.ids[i]))
+            except UnreadableImageError:
+                continue
+            pred = int(ev.probs[i].argmax())
+            titles.append(f"{Path(ev.ids[i]).name}\ntrue: {ev.classes[ev.labels[i]]}\n"
+                          f"pred: {ev.classes[pred]} ({ev.probs[i, pred]:.2f})")
+        written.append(plot_top_losses(images, titles, plots / f"top_losses{suffix}.png"))
+    return written
