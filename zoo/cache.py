@@ -1,6 +1,7 @@
 """Decode cache: each photo is decoded once per size into a compact uint8 array and reused
-across epochs, runs and models. Keyed by file content (sha256) and size, so an edited photo
-is a new entry; the cache lives under the run root (``<ZOO_HOME>/.cache``)."""
+across epochs, runs and models. Keyed by file content (sha256), size and decoder version, so
+an edited photo is a new entry; the cache lives under the run root (``<ZOO_HOME>/.cache``,
+or ``ZOO_CACHE_DIR``)."""
 from __future__ import annotations
 
 import io
@@ -23,6 +24,9 @@ _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
 # blocky DCT reduction showed through (mean 1.9, max 5.9 grey levels from a full decode on the
 # MINET photos at 73 px); with 2: mean 0.5, max 3.5, and still ~1.6x faster than a full decode.
 DRAFT_MARGIN = 2
+# Part of every entry's path: bump it whenever decode_array's output changes, so arrays from an
+# older decoder are never mixed with new ones (results would depend on the cache's history).
+DECODER_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -39,22 +43,30 @@ def decode_array(source: str | Path | bytes, side: int) -> np.ndarray:
     training and validation views line up with what ``zoo predict`` sees.
     """
     img = load_image(source, min_side=DRAFT_MARGIN * side)
-    full_w, full_h = _display_size(source)
-    if img.size == (full_w, full_h):
+    full = _full_size(source, img.size)
+    if full is None or full == img.size:
         return np.ascontiguousarray(np.asarray(resize_short_side(img, side)))
-    scale = side / min(full_w, full_h)
-    size = (max(1, round(full_w * scale)), max(1, round(full_h * scale)))
+    scale = side / min(full)
+    size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
     reduce = 3.0 if side / min(img.size) < 0.5 else None
     return np.ascontiguousarray(np.asarray(img.resize(size, Image.Resampling.BICUBIC,
                                                       reducing_gap=reduce)))
 
 
-def _display_size(source: str | Path | bytes) -> tuple[int, int]:
-    """Full width and height as displayed (EXIF orientation applied), from the header only."""
-    fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    with fp, Image.open(fp) as img:
-        w, h = img.size
-        return (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+def _full_size(source: str | Path | bytes, decoded: tuple[int, int]) -> tuple[int, int] | None:
+    """The photo's displayed size before reduced-scale decoding, read from its header (EXIF
+    orientation applied); None when it cannot be told or ``decoded`` is not that size reduced
+    by one of JPEG's scale factors (1/2, 1/4, 1/8; sizes round up)."""
+    try:
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp, \
+                Image.open(fp) as img:
+            w, h = img.size
+            if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+    except Exception:  # noqa: BLE001  (load_image accepted the photo; a malformed EXIF block)
+        return None
+    reduced = any((-(-w // r), -(-h // r)) == tuple(decoded) for r in (1, 2, 4, 8))
+    return (w, h) if reduced else None
 
 
 def _valid(arr: np.ndarray, side: int) -> bool:
@@ -70,7 +82,7 @@ class DecodeCache:
         self._lock = threading.Lock()  # get_many updates the counters from several threads
 
     def path(self, sha256: str, side: int) -> Path:
-        return self.root / str(side) / sha256[:2] / f"{sha256}.npy"
+        return self.root / f"v{DECODER_VERSION}" / str(side) / sha256[:2] / f"{sha256}.npy"
 
     def get(self, file: Path, sha256: str, side: int) -> np.ndarray:
         """The photo's decoded array: read from the cache, or decoded and stored (a damaged
