@@ -67,6 +67,6 @@ def real_subset(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     root = tmp_path_factory.mktemp("real_subset")
     for cls_dir in sorted(p for p in real_data.iterdir() if p.is_dir()):
         (root / cls_dir.name).mkdir()
-        for f in sorted(p for p in cls_dir.iterdir() if p.is_file())[:6]:
+        for f in sorted(p for p in cls_dir.iterdir() if p.is_file())[:10]:
             (root / cls_dir.name / f.name).symlink_to(f)
     return root

@@ -67,3 +67,15 @@ def test_resume_refuses_finished_runs_and_overrides(zoo_env: Path) -> None:
     assert result.exit_code == 2 and "already finished" in result.output
     result = runner.invoke(app, ["train", "custom_cnn", "--resume", "done", "--set", "train.lr=1"])
     assert result.exit_code == 2 and "drop --set" in result.output
+
+
+def test_same_seed_same_data_gives_same_metrics(zoo_env: Path) -> None:
+    runner = CliRunner()
+    short = [*TRAIN[:-6], "--set", "train.epochs=2"]
+    for name in ("a", "b"):
+        assert runner.invoke(app, [*short, "--name", name]).exit_code == 0
+    a, b = load_predictions(zoo_env / "a", "test"), load_predictions(zoo_env / "b", "test")
+    np.testing.assert_array_equal(a["probs"], b["probs"])
+    meta_a = json.loads((zoo_env / "a" / "meta.json").read_text())
+    meta_b = json.loads((zoo_env / "b" / "meta.json").read_text())
+    assert meta_a["metrics"] == meta_b["metrics"] and meta_a["seed"] == 0

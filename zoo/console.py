@@ -31,9 +31,11 @@ class Reporter:
             self.tasks[phase] = self.progress.add_task(phase, total=total)
         self.progress.update(self.tasks[phase], completed=done, total=total)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: dict, max_epochs: int) -> None:
+        """One finished epoch: advance the epochs bar, reset batch bars, print the epoch line."""
         for phase in [p for p in self.tasks if p != "epochs"]:
             self.progress.update(self.tasks[phase], completed=0)
+        self.advance("epochs", row["epoch"], max_epochs)
         mark = " *" if row.get("best") else ""
         self.log(f"[bold]{row['stage']:>8}[/] epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
                  f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "

@@ -153,12 +153,14 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
             f"{len(data.parts['train'])} train / {len(data.parts['val'])} val / "
             f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes")
     start = time.perf_counter()
+    pretrained = meta["weights_source"] != RANDOM_INIT
+    max_epochs = recipe.train.epochs + (recipe.train.warmup.epochs if pretrained and recipe.train.warmup else 0)
     trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"],
-                      on_epoch=lambda row: (rep.epoch(row), write_history(path, trainer.history)),
+                      on_epoch=lambda row: (rep.epoch(row, max_epochs), write_history(path, trainer.history)),
                       on_batch=lambda stage, i, n: rep.advance(stage, i, n),
                       on_checkpoint=lambda st: save_state(path, st))
     try:
-        history = trainer.fit(meta["weights_source"] != RANDOM_INIT, state)
+        history = trainer.fit(pretrained, state)
     except KeyboardInterrupt:
         meta.update(status="interrupted", fit_seconds=meta["fit_seconds"] + time.perf_counter() - start)
         write_meta(path, meta)
