@@ -12,11 +12,12 @@ import io
 import json
 import os
 import re
+import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -154,7 +155,9 @@ def visible_files(path: Path) -> list[Path]:
 
 # ---- evaluation -----------------------------------------------------------------------------
 def _scores(labels: np.ndarray, probs: np.ndarray, raw: np.ndarray | None, classes: list[str]) -> dict:
-    metrics = classification_metrics(labels, probs, classes)
+    with warnings.catch_warnings():  # a class missing from an external folder is reported by us
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        metrics = classification_metrics(labels, probs, classes)
     metrics["ece_uncalibrated"] = (float(expected_calibration_error(labels, raw))
                                    if raw is not None else None)
     return metrics

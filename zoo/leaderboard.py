@@ -13,6 +13,9 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from rich.markup import escape
+
+from zoo.console import err
 from zoo.errors import ZooError
 from zoo.runs import read_meta, run_names, runs_home
 
@@ -24,7 +27,7 @@ COLUMNS = {
     "members": "TEXT", "evaluated_on": "TEXT",
 }
 EVAL_COLUMNS = {
-    "run": "TEXT", "on_folder": "TEXT", "tta": "INTEGER", "accuracy": "REAL",
+    "run": "TEXT", "on_folder": "TEXT", "tta": "INTEGER", "views": "INTEGER", "accuracy": "REAL",
     "balanced_accuracy": "REAL", "macro_f1": "REAL", "nll": "REAL", "ece": "REAL",
     "ece_uncalibrated": "REAL", "n": "INTEGER", "unknown_skipped": "INTEGER",
     "unreadable": "INTEGER", "created": "TEXT",
@@ -49,9 +52,10 @@ def _connect(home: Path | None) -> sqlite3.Connection:
         cols = ", ".join(f"{c} {t}" for c, t in EVAL_COLUMNS.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS evaluations ({cols}, PRIMARY KEY (run, on_folder, tta))")
         return con
-    except sqlite3.Error as exc:
-        raise ZooError(f"Cannot open the leaderboard {path}: {exc}. Check the folder is writable, "
-                       "or rebuild it with `zoo leaderboard --rebuild`.") from exc
+    except (sqlite3.Error, OSError) as exc:
+        raise ZooError(f"Cannot open the leaderboard {path}: {exc}. ZOO_HOME must be a writable "
+                       "folder; if the file is damaged, delete it and run "
+                       "`zoo leaderboard --rebuild`.") from exc
 
 
 def row_from_meta(meta: dict) -> dict:
@@ -87,6 +91,7 @@ def evaluation_row(evaluation: dict) -> dict:
     """The ``evaluations`` row of an external evaluation (``evaluations/<name>.json``)."""
     m = evaluation["metrics"]
     return {"run": evaluation["run"], "on_folder": evaluation["on"], "tta": int(evaluation["tta"]),
+            "views": evaluation["views"],
             "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
             "macro_f1": m["macro_f1"], "nll": m["nll"], "ece": m["ece"],
             "ece_uncalibrated": m.get("ece_uncalibrated"), "n": m["n"],
@@ -95,9 +100,15 @@ def evaluation_row(evaluation: dict) -> dict:
 
 
 def _insert(table: str, row: dict, home: Path | None) -> None:
-    with closing(_connect(home)) as con, con:
-        con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
-                    f"({', '.join('?' for _ in row)})", list(row.values()))
+    """One row in its own transaction; concurrent writers wait (busy timeout) instead of failing."""
+    try:
+        with closing(_connect(home)) as con, con:
+            con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
+                        f"({', '.join('?' for _ in row)})", list(row.values()))
+    except sqlite3.Error as exc:
+        raise ZooError(f"Could not add '{row.get('name') or row.get('run')}' to the leaderboard "
+                       f"{db_path(home)}: {exc}. Its run folder is complete; run `zoo leaderboard "
+                       "--rebuild` once no other zoo command is writing.") from exc
 
 
 def record(meta: dict, home: Path | None = None) -> None:
@@ -122,10 +133,21 @@ def _stored_evaluations(path: Path) -> list[dict]:
     return out
 
 
+def _run_metas(home: Path) -> list[dict]:
+    """Every run folder's meta.json, named after its folder; damaged ones are reported and left out."""
+    metas = []
+    for name in run_names(home):
+        try:
+            metas.append({**read_meta(home / name), "name": name})
+        except ZooError as exc:
+            err.print(f"[yellow]skipped[/] {escape(str(exc))}", highlight=False)
+    return metas
+
+
 def rebuild(home: Path | None = None) -> int:
     """Recreate every row from the run folders; returns the number of rows."""
     home = home or runs_home()
-    metas = [read_meta(home / name) for name in run_names(home)]
+    metas = _run_metas(home)
     with closing(_connect(home)) as con, con:
         con.execute("DELETE FROM runs")
         con.execute("DELETE FROM evaluations")
@@ -163,8 +185,7 @@ _ON_SQL = f"""
            e.accuracy AS test_accuracy,
            CASE WHEN e.tta THEN t.val_accuracy ELSE r.val_accuracy END AS val_accuracy,
            e.balanced_accuracy, e.macro_f1, e.nll AS test_nll, e.ece, e.ece_uncalibrated,
-           r.params, r.fit_seconds,
-           CASE WHEN e.tta THEN t.infer_img_per_s ELSE r.infer_img_per_s END AS infer_img_per_s,
+           r.params, r.fit_seconds, r.infer_img_per_s / e.views AS infer_img_per_s,
            e.created, r.members, e.on_folder AS evaluated_on, e.n, e.unknown_skipped, e.unreadable
     FROM evaluations e LEFT JOIN runs r ON r.name = e.run
          LEFT JOIN runs t ON t.name = e.run || '{TTA_SUFFIX}'

@@ -2,7 +2,9 @@
 
 1. ``warmup``: backbone frozen, only the new head trains. With ``cached_features`` the frozen
    backbone's pooled features are computed once (a few augmented views per image) and the head
-   trains on them in seconds: the same result as running the frozen model every epoch.
+   trains on them in seconds: the same updates as running the frozen model on those views
+   (tests/test_warm_start.py), except that the cached path keeps the model's head dropout as a
+   regulariser where a frozen model in eval mode would switch it off.
 2. ``finetune``: every layer trains, cosine (or one-cycle) schedule.
 
 Each stage stops early on the validation monitor and restores its best weights. After every

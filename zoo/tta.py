@@ -11,18 +11,24 @@ from PIL import Image
 
 from zoo.imaging import resize_short_side
 from zoo.registry import Preprocessing
-from zoo.transforms import center_crop, eval_array
+from zoo.transforms import center_crop
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot90", "wide")
 
 
-def wide_view(array: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """Shorter side resized to ``image_size`` (no margin cropped away), then centre-cropped."""
-    small = np.asarray(resize_short_side(Image.fromarray(array), pre.image_size))
-    return center_crop(small, pre.image_size)
+def _short_side(array: np.ndarray, side: int) -> np.ndarray:
+    if min(array.shape[:2]) == side:
+        return array
+    return np.asarray(resize_short_side(Image.fromarray(array), side))
 
 
 def tta_views(array: np.ndarray, pre: Preprocessing) -> list[np.ndarray]:
-    """The views of one decoded photo, in ``TTA_VIEWS`` order, each ``image_size`` square."""
-    base = eval_array(array, pre)
-    return [base, base[:, ::-1], base[::-1], np.rot90(base), wide_view(array, pre)]
+    """The views of one decoded photo, in ``TTA_VIEWS`` order, each ``image_size`` square.
+
+    Every view starts from the photo at ``resize_side`` (as the eval view does), so a full-size
+    photo and one already decoded at that side give the same views.
+    """
+    resized = _short_side(array, pre.resize_side)
+    base = center_crop(resized, pre.image_size)
+    wide = center_crop(_short_side(resized, pre.image_size), pre.image_size)
+    return [base, base[:, ::-1], base[::-1], np.rot90(base), wide]

@@ -2,20 +2,50 @@
 each module below registers its commands on the one Typer app."""
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
 
-from zoo.cli import board, data, ensemble, serve, train  # noqa: F401  (register commands)
+from rich.markup import escape
+
+from zoo.cli import board, data, ensemble, evaluate, serve, train  # noqa: F401  (register commands)
 from zoo.cli.app import app
 from zoo.console import err
 from zoo.errors import ZooError
 
 
+def crash_log() -> Path:
+    """Per-user (a fixed name in a shared /tmp could be a planted symlink)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "mineral-zoo" / "last-error.log"
+
+
 def main() -> None:
+    """The ``zoo`` entry point: a user error prints its message, an unexpected one a short note
+    pointing to the full traceback (``ZOO_DEBUG=1`` lets it through instead)."""
     try:
         app()
     except ZooError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001  (the last line of defence: no bare tracebacks)
+        if os.environ.get("ZOO_DEBUG", "") not in ("", "0"):
+            raise
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}\n"
+                  f"{_log_traceback()}Run again with ZOO_DEBUG=1 to print the traceback, and "
+                  "please report it if it looks like a bug.", highlight=False)
+        sys.exit(1)
+
+
+def _log_traceback() -> str:
+    log = crash_log()
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        return f"The full traceback is in {log}. "
+    except OSError:
+        return ""

@@ -17,20 +17,29 @@ def leaderboard(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only runs on this dataset."),
     all_: bool = typer.Option(False, "--all", help="Include unfinished runs."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the table from the run folders first."),
+    on: Optional[str] = typer.Option(None, "--on", help="Rank by scores on an external folder "
+                                     "evaluated with `zoo evaluate RUN --data DIR` (its name)."),
 ) -> None:
     """List every run and ensemble, best first.
+
+    With --on, the test columns are the scores on that folder instead of the test split.
 
     [bold]Examples[/]
       zoo leaderboard
       zoo leaderboard --sort test_nll --format markdown
       zoo leaderboard --format json > board.json
+      zoo leaderboard --on museum-test
     """
     from zoo import leaderboard as lb
     from zoo.tables import render_rows
 
     if rebuild:
         err.print(f"rebuilt {lb.rebuild()} rows from run folders")
-    render_rows(lb.rows(sort=sort, dataset=dataset, include_unfinished=all_), format)
+    if on:
+        err.print(f"scores on folder '{on}' (test columns = that folder)")
+        render_rows(lb.rows_on(on, sort=sort, dataset=dataset), format)
+    else:
+        render_rows(lb.rows(sort=sort, dataset=dataset, include_unfinished=all_), format)
 
 
 @app.command()

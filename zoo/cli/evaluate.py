@@ -5,7 +5,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -27,7 +26,7 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
 @app.command()
 def evaluate(
     run: str = typer.Argument(..., help="Run or ensemble name."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of <class>/<image> photos "
+    data: str | None = typer.Option(None, "--data", help="Folder of <class>/<image> photos "
                                        "(external test set); default: the run's own test split."),
     tta: bool = TtaOpt,
     format: str = typer.Option("table", "--format", help="table | json"),
@@ -58,15 +57,18 @@ def evaluate(
         return
     _print_evaluation(ev)
     for path in saved + plots:
-        out.print(f"  saved {path}", highlight=False)
+        out.print(f"  saved {path}", highlight=False, soft_wrap=True)
+    if ev.root is None:
+        out.print("[dim]no top-losses plot: the run's photos are no longer where it was trained[/]")
 
 
 def _print_evaluation(ev) -> None:
     m = ev.metrics
     where = "test split" if ev.on is None else f"folder '{ev.on}'"
-    table = Table(title=f"{ev.name} on {where}: {m['n']} photos", title_justify="left")
+    table = Table(title=f"{ev.name} on {where}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_row("photos", str(m["n"]))
     rows = [("accuracy", m["accuracy"]), ("balanced accuracy", m["balanced_accuracy"]),
             ("macro-F1", m["macro_f1"]), ("NLL", m["nll"]), ("ECE (calibrated)", m["ece"]),
             ("ECE (before calibration)", m["ece_uncalibrated"])]
@@ -82,7 +84,7 @@ def _print_evaluation(ev) -> None:
         per.add_row(cls, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
                     str(s["support"]))
     out.print(per)
-    out.print(f"source: {ev.source}", highlight=False)
+    out.print(f"source: {ev.source}", highlight=False, soft_wrap=True)
     if ev.missing:
         out.print(f"[yellow]classes with no photo here[/] (left out of macro averages): "
                   f"{', '.join(ev.missing)}")
@@ -91,7 +93,7 @@ def _print_evaluation(ev) -> None:
     if ev.unreadable:
         out.print(f"[yellow]{len(ev.unreadable)} unreadable file(s) skipped:[/]")
         for path, reason in ev.unreadable:
-            out.print(f"  {path}: {reason}", highlight=False)
+            out.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
     if ev.seen_in_training:
         out.print(f"[yellow]warning:[/] {ev.seen_in_training} photo(s) here are identical to "
                   "training or validation photos of this run: the score is optimistic.")
@@ -100,7 +102,7 @@ def _print_evaluation(ev) -> None:
 @app.command()
 def predict(
     run: str = typer.Argument(..., help="Run or ensemble name."),
-    paths: List[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
     format: str = typer.Option("table", "--format", help="table | csv | json"),
     tta: bool = TtaOpt,
@@ -123,6 +125,14 @@ def predict(
     files = [f for p in paths for f in visible_files(p)]
     with reporting(format != "table") as rep:
         result = predict_files(predictor, files, tta, lambda i, n: rep.advance("predict", i, n))
+    if result.unreadable:
+        console = out if format == "table" else err
+        console.print(f"[yellow]{len(result.unreadable)} file(s) not predicted:[/]")
+        for path, reason in result.unreadable:
+            console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
+    if not result.files:
+        raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
+                       "was predicted (reasons above).")
     k = min(top_k, len(predictor.classes))
     tops = [[(predictor.classes[j], float(p[j])) for j in p.argsort(kind="stable")[::-1][:k]]
             for p in result.probs]
@@ -130,14 +140,6 @@ def predict(
         _print_prediction_table(predictor.name, result.files, tops, k)
     else:
         print(_prediction_text(result.files, tops, k, format), end="")
-    if result.unreadable:
-        console = out if format == "table" else err
-        console.print(f"[yellow]{len(result.unreadable)} file(s) not predicted:[/]")
-        for path, reason in result.unreadable:
-            console.print(f"  {path}: {reason}", highlight=False)
-    if not result.files:
-        raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
-                       "was predicted (reasons above).")
 
 
 def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:

@@ -1,0 +1,138 @@
+"""``zoo report``: one self-contained HTML page per run (metrics, per-class scores, plots, config).
+
+Plots are embedded as base64 PNG, so the file can be mailed or archived on its own.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from zoo.fileio import write_text
+from zoo.runs import read_meta, run_dir
+
+METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+           ("macro_f1", "macro-F1"), ("nll", "NLL"), ("ece", "ECE (calibrated)"),
+           ("ece_uncalibrated", "ECE (before calibration)"), ("n", "photos")]
+PLOT_ORDER = ["learning_curves", "confusion_matrix", "reliability", "top_losses"]
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: .3rem .7rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
+.muted { color: #666; } figure { margin: 1rem 0; } img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 1rem; overflow-x: auto; }
+"""
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _evaluations(path: Path) -> list[dict]:
+    out = []
+    for file in sorted((path / "evaluations").glob("*.json")):
+        try:
+            out.append(json.loads(file.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _metrics_section(meta: dict, evaluations: list[dict]) -> str:
+    columns = {"validation": meta.get("metrics", {}).get("val", {}),
+               "test": meta.get("metrics", {}).get("test", {})}
+    for ev in sorted(evaluations, key=lambda e: (e["on"] is not None, e["on"] or "", e["tta"])):
+        if ev["on"] is None and ev.get("val_metrics"):
+            columns["validation + TTA"] = ev["val_metrics"]
+        where = "test" if ev["on"] is None else ev["on"]
+        columns[f"{where}{' + TTA' if ev['tta'] else ''}"] = ev["metrics"]
+    rows = [[label] + [m.get(key) for m in columns.values()] for key, label in METRICS]
+    notes = []
+    for ev in evaluations:
+        where = "test split" if ev["on"] is None else f"folder {ev['on']} ({ev['source']})"
+        parts = [f"{len(ev['unreadable'])} unreadable" if ev.get("unreadable") else "",
+                 "missing classes: " + ", ".join(ev["missing"]) if ev.get("missing") else "",
+                 "unknown classes skipped: " + ", ".join(f"{c} ({n})" for c, n in ev["unknown"].items())
+                 if ev.get("unknown") else "",
+                 f"{ev['seen_in_training']} photos identical to training photos"
+                 if ev.get("seen_in_training") else ""]
+        detail = "; ".join(p for p in parts if p)
+        notes.append(f"<li>{escape(where)}{' with TTA' if ev['tta'] else ''}, {escape(ev['created'])}"
+                     f"{': ' + escape(detail) if detail else ''}</li>")
+    listed = f"<p class='muted'>Evaluations:</p><ul>{''.join(notes)}</ul>" if notes else ""
+    return "<h2>Metrics</h2>" + _table(["metric", *columns], rows) + listed
+
+
+def _per_class_section(metrics: dict) -> str:
+    per = metrics.get("per_class", {})
+    rows = [[c, s["precision"], s["recall"], s["f1"], s["support"]] for c, s in per.items()]
+    return "<h2>Per class (test)</h2>" + _table(["class", "precision", "recall", "F1", "support"], rows)
+
+
+def _plot_key(file: Path) -> tuple[int, str]:
+    rank = next((i for i, p in enumerate(PLOT_ORDER) if file.stem.startswith(p)), len(PLOT_ORDER))
+    return rank, file.stem
+
+
+def _plots_section(path: Path) -> str:
+    figures = []
+    for file in sorted((path / "plots").glob("*.png"), key=_plot_key):
+        data = base64.b64encode(file.read_bytes()).decode("ascii")
+        title = escape(file.stem.replace("_", " "))
+        figures.append(f"<figure><figcaption>{title}</figcaption>"
+                       f"<img alt='{title}' src='data:image/png;base64,{data}'></figure>")
+    return "<h2>Plots</h2>" + ("".join(figures) or "<p class='muted'>No plots.</p>")
+
+
+def _summary(meta: dict) -> str:
+    fields = [("kind", meta.get("kind")), ("model", meta.get("model")),
+              ("dataset", meta.get("dataset")), ("split", meta.get("split_id")),
+              ("members", ", ".join(meta.get("members", [])) or None),
+              ("method", meta.get("description")), ("weights", meta.get("weights_source")),
+              ("parameters", f"{meta['params']:,}" if meta.get("params") else None),
+              ("fit time", f"{meta['fit_seconds']:.0f} s" if meta.get("fit_seconds") else None),
+              ("inference", f"{meta['infer_img_per_s']:.0f} photos/s"
+               if meta.get("infer_img_per_s") else None),
+              ("epochs", meta.get("epochs_run")),
+              ("temperature", meta.get("calibration", {}).get("temperature")),
+              ("created", meta.get("created")), ("status", meta.get("status"))]
+    return _table(["", ""], [[k, v] for k, v in fields if v is not None]).replace(
+        "<thead><tr><th></th><th></th></tr></thead>", "")
+
+
+def render_report(path: Path) -> str:
+    meta = read_meta(path)
+    config = path / "config.yaml"
+    if config.is_file():
+        config_html = f"<h2>Config</h2><pre>{escape(config.read_text())}</pre>"
+    else:
+        fitted = json.dumps(meta.get("ensemble", {}), indent=2)
+        config_html = f"<h2>Ensemble</h2><pre>{escape(fitted)}</pre>"
+    notes = "".join(f"<li>{escape(n)}</li>" for n in meta.get("notes", []))
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{escape(meta['name'])} – mineral-zoo report</title><style>{STYLE}</style></head>"
+            f"<body><h1>{escape(meta['name'])}</h1><p class='muted'>mineral-zoo run report</p>"
+            f"{_summary(meta)}{_metrics_section(meta, _evaluations(path))}"
+            f"{_per_class_section(meta.get('metrics', {}).get('test', {}))}{_plots_section(path)}"
+            f"{config_html}{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}</body></html>\n")
+
+
+def write_report(run: str, home: Path | None = None) -> Path:
+    """Write runs/<run>/report.html and return its path."""
+    path = run_dir(run, home)
+    out = path / "report.html"
+    write_text(out, render_report(path))
+    return out
