@@ -116,4 +116,7 @@ def test_early_stopper_patience_and_min_delta() -> None:
     assert not stopper.step(0.95) and not stopper.should_stop
     assert not stopper.step(0.95) and stopper.should_stop
     up = EarlyStopper(EarlyStopping(monitor="val_accuracy", patience=1))
-    assert up.cfg.mode == "max" and up.step(0.5) and up.step(0.6) and not up.step(0.55)
+    assert up.cfg.mode == "max" and up.step(0.5, 1.0) and up.step(0.6, 0.9) and not up.step(0.55, 0.1)
+    assert up.step(0.6, 0.8)          # same accuracy, lower validation loss: a new best
+    assert not up.step(0.6, 0.85)     # same accuracy, higher loss: not better
+    assert up.should_stop

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.cache import decode_array
-from zoo.calibration import expected_calibration_error
+from zoo.calibration import TemperatureScaler, expected_calibration_error
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.fileio import atomic_path, write_json
 from zoo.imaging import load_image
@@ -204,11 +204,15 @@ def _own_split(predictor: ModelPredictor, tta: bool, home: Path | None,
                        "test predictions.")
     classes = predictor.classes
     ids, labels, test = _rescore_split(predictor, root, "test", tta, progress)
-    ev = Evaluation(predictor.name, None, tta, f"{root} (test split)", root, classes, ids,
-                    labels, test.probs, test.raw, _scores(labels, test.probs, test.raw, classes))
-    if tta:
+    test_probs, val_metrics = test.probs, None
+    if tta:  # TTA averages soften probabilities: refit the temperature on validation TTA views
         _, val_labels, val = _rescore_split(predictor, root, "val", tta, progress)
-        ev.val_metrics = _scores(val_labels, val.probs, val.raw, classes)
+        scaler = TemperatureScaler().fit(val.raw, val_labels)
+        test_probs = scaler.transform(test.raw)
+        val_metrics = _scores(val_labels, scaler.transform(val.raw), val.raw, classes)
+    ev = Evaluation(predictor.name, None, tta, f"{root} (test split)", root, classes, ids,
+                    labels, test_probs, test.raw, _scores(labels, test_probs, test.raw, classes))
+    ev.val_metrics = val_metrics
     return ev
 
 

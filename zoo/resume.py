@@ -48,7 +48,8 @@ def save_state(run: Path, state: ResumeState) -> None:
         save_file(tensors, str(tmp))
     write_json(run / STATE_DIR / "state.json", {
         "stage": state.stage, "epoch": state.epoch, "best": state.best,
-        "bad_epochs": state.bad_epochs, "history": state.history, "optimizer": opt_info,
+        "bad_epochs": state.bad_epochs, "best_tiebreak": state.best_tiebreak,
+        "history": state.history, "optimizer": opt_info,
         "scheduler": json.loads(json.dumps(state.scheduler, default=lambda o: None)),
     })
 
@@ -66,7 +67,7 @@ def load_state(run: Path) -> ResumeState:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     return ResumeState(info["stage"], info["epoch"], info["best"], info["bad_epochs"],
-                       info["history"], part("model/"), part("best/"),
+                       info.get("best_tiebreak"), info["history"], part("model/"), part("best/"),
                        _join_optimizer(tensors, info["optimizer"]), info["scheduler"])
 
 

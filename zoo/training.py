@@ -45,15 +45,21 @@ class SplitArrays:
 
 @dataclass
 class EarlyStopper:
+    """Patience on one monitored value; equal values are told apart by a second one (val loss)."""
+
     cfg: EarlyStopping
     best: float | None = None
     bad_epochs: int = 0
+    best_tiebreak: float | None = None
 
-    def step(self, value: float) -> bool:
-        """Record one epoch's monitored value; True when it is a new best."""
+    def step(self, value: float, tiebreak: float | None = None) -> bool:
+        """Record one epoch; True when it is a new best (or ties the best with a lower tiebreak)."""
         sign = 1.0 if self.cfg.mode == "min" else -1.0
-        if self.best is None or sign * (self.best - value) > self.cfg.min_delta:
-            self.best, self.bad_epochs = value, 0
+        better = self.best is None or sign * (self.best - value) > self.cfg.min_delta
+        tie = (not better and value == self.best and tiebreak is not None
+               and self.best_tiebreak is not None and tiebreak < self.best_tiebreak)
+        if better or tie:
+            self.best, self.best_tiebreak, self.bad_epochs = value, tiebreak, 0
             return True
         self.bad_epochs += 1
         return False
@@ -85,6 +91,7 @@ class ResumeState:
     epoch: int          # next epoch within that stage
     best: float | None  # early stopping: best monitored value so far in the stage
     bad_epochs: int
+    best_tiebreak: float | None
     history: list[dict]
     model: dict[str, torch.Tensor]
     best_model: dict[str, torch.Tensor]
@@ -163,14 +170,15 @@ class Trainer:
             opt.load_state_dict(resume.optimizer)
             sched.load_state_dict(resume.scheduler)
             stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
+            stopper.best_tiebreak = resume.best_tiebreak
             best_state, first = resume.best_model, resume.epoch
         for epoch in range(first, stage.epochs):
             start = time.perf_counter()
             torch.manual_seed(self.recipe.seed * 1000 + 100 * index + epoch)  # dropout; resumable
             train_loss = self._train_epoch(stage, epoch, opt, sched)
             val_loss, val_acc = self._validate(stage)
-            monitored = val_loss if self.cfg.early_stopping.monitor == "val_loss" else val_acc
-            improved = stopper.step(monitored)
+            by_loss = self.cfg.early_stopping.monitor == "val_loss"
+            improved = stopper.step(val_loss, None) if by_loss else stopper.step(val_acc, val_loss)
             if improved:
                 best_state = _clone(self.model.state_dict())
             row = {"epoch": len(self.history) + 1, "stage": stage.name, "train_loss": train_loss,
@@ -180,11 +188,12 @@ class Trainer:
             self.on_epoch(row)
             if stopper.should_stop or epoch + 1 == stage.epochs:
                 break
-            self.on_checkpoint(ResumeState(index, epoch + 1, stopper.best, stopper.bad_epochs,
-                                           list(self.history), self.model.state_dict(), best_state,
-                                           opt.state_dict(), sched.state_dict()))
+            self.on_checkpoint(ResumeState(
+                index, epoch + 1, stopper.best, stopper.bad_epochs, stopper.best_tiebreak,
+                list(self.history), self.model.state_dict(), best_state, opt.state_dict(),
+                sched.state_dict()))
         self.model.load_state_dict(best_state)
-        self.on_checkpoint(ResumeState(index + 1, 0, None, 0, list(self.history),
+        self.on_checkpoint(ResumeState(index + 1, 0, None, 0, None, list(self.history),
                                        self.model.state_dict(), best_state, {}, {}))
 
     def _train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
