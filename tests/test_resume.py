@@ -14,6 +14,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from zoo.cli import app
+from zoo.errors import ZooError
+from zoo.resume import load_state
 from zoo.runs import load_predictions
 
 TRAIN = ["train", "custom_cnn", "--quiet", "--set", "data.image_size=32", "--set", "data.batch_size=4",
@@ -26,13 +28,12 @@ def _zoo(*args: str) -> subprocess.Popen:
 
 
 def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    state = run / "resume" / "state.json"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            if json.loads(state.read_text())["epoch"] >= epoch:
+            if load_state(run).epoch >= epoch:
                 return
-        except (OSError, ValueError):
+        except ZooError:
             pass
         time.sleep(0.02)
     raise AssertionError(f"run never reached epoch {epoch}: {proc.stdout.read().decode()[-2000:]}")

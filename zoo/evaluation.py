@@ -104,6 +104,8 @@ def safe_stem(name: str) -> str:
 # ---- decoding and predicting files ----------------------------------------------------------
 def _decode(path: Path, side: int) -> tuple[np.ndarray, str] | str:
     """(array, sha256) of a photo, or the reason it cannot be used."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        return "not a regular file"
     try:
         data = path.read_bytes()
     except IsADirectoryError:

@@ -107,7 +107,7 @@ def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Prepro
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"zoo": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
-        "notes": data.notes, "fit_seconds": 0.0,
+        "notes": data.notes, "skipped_files": len(data.index.skipped), "fit_seconds": 0.0,
     }
     write_text(path / "config.yaml", dump_recipe(recipe))
     write_meta(path, meta)

@@ -10,34 +10,64 @@ from typing import Iterator
 
 from zoo.errors import ZooError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import (os.umask has no read-only form and is process-wide)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    On any error the temporary file is removed and ``path`` keeps its old content; OS errors
+    (disk full, read-only folder) become a :class:`ZooError` naming the file. ``durable`` also
+    flushes the data to disk before the rename, so a power cut cannot leave an empty file.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; others may read runs
     except OSError as exc:
-        raise ZooError(f"Cannot write {path}: {exc.strerror}. Check the folder exists and is "
-                       "writable (set ZOO_HOME to choose another run folder).") from exc
+        raise ZooError(f"Cannot write {path}: {_reason(exc)}{_blocker(path)}. Check that the folder "
+                       "is writable (ZOO_HOME chooses the run folder, ZOO_SPLITS_DIR the split "
+                       "folder).") from exc
     try:
         yield Path(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise ZooError(f"Writing {path} failed: {exc.strerror} (disk full?). Nothing was "
-                       "overwritten.") from exc
+        raise ZooError(f"Writing {path} failed: {_reason(exc)}. The previous version, if any, is "
+                       "untouched; free some disk space or fix the permissions and run again.") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _blocker(path: Path) -> str:
+    """' (X is a file, not a folder)' when an existing file stands where a folder must be."""
+    file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    return f" ({file} is a file, not a folder)" if file else ""
+
+
+def _fsync(file: str) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, data: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    with atomic_path(path, durable=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path, durable=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")

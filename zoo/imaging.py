@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -47,13 +49,23 @@ def _exif_transposed(img: Image.Image) -> Image.Image:
 def _decode(fp: BinaryIO, min_side: int | None) -> Image.Image:
     with Image.open(fp) as img:
         if img.width * img.height > MAX_PIXELS:
-            raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height:,} pixels")
+            pixels = img.width * img.height
+            raise Image.DecompressionBombError(f"{img.width}x{img.height} = {pixels:,} pixels")
         if min_side and img.format == "JPEG":
             scale = min(img.size) / min_side
             if scale >= 2:
                 img.draft("RGB", (int(img.width / scale) + 1, int(img.height / scale) + 1))
         img.load()
         return _to_rgb(_exif_transposed(img))
+
+
+def _open(path: str | Path) -> BinaryIO:
+    """A regular file opened for reading; pipes and devices (reads could block forever) are refused."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableImageError(f"{path}: not a regular file (a pipe, socket or device)")
+    return os.fdopen(fd, "rb")
 
 
 def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image.Image:
@@ -65,8 +77,10 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     """
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
-        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp:
+        with io.BytesIO(source) if isinstance(source, bytes) else _open(source) as fp:
             return _decode(fp, min_side)
+    except UnreadableImageError:
+        raise
     except FileNotFoundError as exc:
         raise UnreadableImageError(f"{name}: file not found") from exc
     except (IsADirectoryError, PermissionError) as exc:

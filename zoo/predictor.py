@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from zoo.calibration import TemperatureScaler
 from zoo.errors import ZooError
 from zoo.registry import Preprocessing, build_model
-from zoo.runs import read_meta, run_dir
+from zoo.runs import load_weights, read_meta, run_dir
 from zoo.training import predict_logits
 from zoo.transforms import to_tensor
 from zoo.tta import TTA_VIEWS, tta_views
@@ -37,9 +36,10 @@ class ModelPredictor:
         self.classes: list[str] = self.meta["classes"]
         self.pre = Preprocessing.from_dict(self.meta["preprocessing"])
         self.model = build_model(self.meta["model"], len(self.classes), **self.meta.get("model_kwargs", {}))
+        weights = load_weights(path / "model.safetensors")
         try:
-            self.model.load_state_dict(load_file(str(path / "model.safetensors")))
-        except (OSError, RuntimeError, ValueError) as exc:
+            self.model.load_state_dict(weights)
+        except RuntimeError as exc:
             raise ZooError(f"Checkpoint {path / 'model.safetensors'} cannot be loaded: {exc}") from exc
         self.model.eval()
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))

@@ -1,11 +1,12 @@
 """YAML recipes: ``base:`` inheritance, ``--set key=value`` overrides, strict validation."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -14,7 +15,7 @@ from zoo.errors import ZooError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -84,6 +85,13 @@ class Recipe(_Strict):
     seed: int = 0
     description: str = ""
 
+    @model_validator(mode="after")
+    def _warmup_needs_pretrained(self) -> "Recipe":
+        if self.train.epochs == 0 and not self.model.pretrained:
+            raise ValueError("nothing to train: train.epochs is 0 and model.pretrained is false "
+                             "(the train.warmup stage only runs on a pretrained backbone)")
+        return self
+
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
@@ -109,9 +117,14 @@ def list_recipes() -> dict[str, Path]:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
-        raise ZooError(f"Recipe {path} is not valid YAML:\n{exc}") from exc
+        raise ZooError(f"Recipe {path} is not valid YAML; fix the line shown:\n{exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"Recipe {path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}).") from exc
+    except OSError as exc:
+        raise ZooError(f"Cannot read recipe {path}: {exc.strerror}.") from exc
     if not isinstance(data, dict):
         raise ZooError(f"Recipe {path} must be a mapping of sections (model, data, train, ...).")
     return data
@@ -150,6 +163,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ZooError(f"--set {pair}: an earlier --set gave '{part}' a plain value; "
+                               "set either the section or its fields, not both.")
         try:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
@@ -157,16 +173,54 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _section(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model of the recipe section at ``loc`` (None for free-form sections)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return None
+        kinds = (field.annotation, *get_args(field.annotation))
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return model
+
+
+def _unknown_field(loc: tuple) -> str:
+    """'unknown field' with the closest allowed name and the list of allowed ones."""
+    section = _section(loc[:-1])
+    if section is None:
+        return "unknown field"
+    allowed = list(section.model_fields) + (["base"] if section is Recipe else [])
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown field{hint} Allowed: {', '.join(allowed)}"
+
+
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = [f"Invalid recipe {source}:"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"  {field}: {msg} (got {err.get('input')!r})")
-    lines.append("See recipes/README section 'Recipes' in README.md for the allowed fields.")
+            lines.append(f"  {field}: {_unknown_field(err['loc'])}")
+        elif err["type"] == "value_error":
+            lines.append(f"  {field}: {err['ctx']['error']}")
+        else:
+            got = repr(err.get("input"))
+            lines.append(f"  {field}: {err['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})")
+    lines.append("The 'Recipes' section of README.md describes every field.")
     return "\n".join(lines)
+
+
+def _check_model(recipe: Recipe, source: str, from_file: bool) -> None:
+    """Unknown model names fail here, naming the recipe and the closest known names."""
+    from zoo.registry import check_model_name
+
+    try:
+        check_model_name(recipe.model.name)
+    except ZooError as exc:
+        if not from_file:
+            raise
+        raise ZooError(f"Recipe {source}, field model.name: {exc}") from exc
 
 
 def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, str]:
@@ -185,10 +239,13 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, 
         raw = deep_merge(raw, {"model": {"name": name}})
         source = f"defaults for model '{name}'"
     raw = deep_merge(raw, parse_overrides(overrides or []))
+    shown = f"{source} (with --set {' '.join(overrides)})" if overrides else source
     try:
-        return Recipe.model_validate(raw), source
+        recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise ZooError(_format_errors(source, exc)) from exc
+        raise ZooError(_format_errors(shown, exc)) from exc
+    _check_model(recipe, shown, from_file=path is not None)
+    return recipe, source
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -6,13 +6,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from zoo.errors import ZooError
-from zoo.fileio import atomic_path, write_json
+from zoo.fileio import atomic_path
 from zoo.training import ResumeState
 
 STATE_DIR = "resume"
+STATE_FILE = "state.safetensors"
 
 
 def _split_optimizer(opt: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -40,27 +42,27 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 
 
 def save_state(run: Path, state: ResumeState) -> None:
+    """One atomic file: tensors, with the rest as JSON in the safetensors header metadata."""
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in state.model.items()}
     tensors |= {f"best/{k}": v.detach().contiguous() for k, v in state.best_model.items()}
     opt_tensors, opt_info = _split_optimizer(state.optimizer)
     tensors |= opt_tensors
-    with atomic_path(run / STATE_DIR / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json(run / STATE_DIR / "state.json", {
-        "stage": state.stage, "epoch": state.epoch, "best": state.best,
-        "bad_epochs": state.bad_epochs, "best_tiebreak": state.best_tiebreak,
-        "history": state.history, "optimizer": opt_info,
-        "scheduler": json.loads(json.dumps(state.scheduler, default=lambda o: None)),
-    })
+    info = {"stage": state.stage, "epoch": state.epoch, "best": state.best,
+            "bad_epochs": state.bad_epochs, "best_tiebreak": state.best_tiebreak,
+            "history": state.history, "optimizer": opt_info,
+            "scheduler": json.loads(json.dumps(state.scheduler, default=lambda o: None))}
+    with atomic_path(run / STATE_DIR / STATE_FILE, durable=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(info)})
 
 
 def load_state(run: Path) -> ResumeState:
-    folder = run / STATE_DIR
+    file = run / STATE_DIR / STATE_FILE
     try:
-        info = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"Run '{run.name}' has no usable resume state in {folder} ({exc}); it "
+        with safe_open(str(file), framework="pt") as fh:
+            info = json.loads(fh.metadata()["state"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise ZooError(f"Run '{run.name}' has no usable resume state in {file} ({exc}); it "
                        "stopped before its first epoch ended. Start it again without --resume.") from exc
 
     def part(prefix: str) -> dict[str, torch.Tensor]:

@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn as nn
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from zoo.errors import ZooError
 from zoo.fileio import atomic_path, write_json
@@ -29,9 +31,10 @@ def runs_home() -> Path:
 
 def check_run_name(name: str) -> str:
     """Run names are plain folder names: they can never escape the run root."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise ZooError(f"Invalid run name '{name}': use letters, digits, '.', '_' and '-' "
-                       "(starting with a letter or digit, at most 100 characters).")
+    if not RUN_NAME.fullmatch(name) or ".." in name:
+        raise ZooError(f"Invalid run name {name!r}: a run name is a plain folder name inside the "
+                       "run root; use letters, digits, '.', '_' and '-' (starting with a letter or "
+                       "digit, at most 100 characters, no '..').")
     return name
 
 
@@ -55,7 +58,7 @@ def run_dir(name: str, home: Path | None = None, must_exist: bool = True) -> Pat
 def new_run_name(prefix: str, home: Path | None = None) -> str:
     """``<prefix>-<n>`` with the next free n."""
     home = home or runs_home()
-    base = check_run_name(prefix.replace("/", "_"))
+    base = check_run_name(re.sub(r"[^A-Za-z0-9._-]", "_", prefix).strip("._-")[:90] or "run")
     taken = {p.name for p in home.iterdir()} if home.is_dir() else set()
     n = 1
     while f"{base}-{n}" in taken:
@@ -65,9 +68,12 @@ def new_run_name(prefix: str, home: Path | None = None) -> str:
 
 def read_meta(path: Path) -> dict:
     try:
-        return json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ZooError(f"Run metadata {path / 'meta.json'} is missing or damaged ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise ZooError(f"Run metadata {path / 'meta.json'} is damaged (not a JSON object).")
+    return meta
 
 
 def write_meta(path: Path, meta: dict) -> None:
@@ -76,8 +82,17 @@ def write_meta(path: Path, meta: dict) -> None:
 
 def save_weights(path: Path, model: nn.Module) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         save_file(state, str(tmp))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors. Only safetensors is read: nothing is ever unpickled."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ZooError(f"Checkpoint {path} is not a readable safetensors file ({exc}). mineral-zoo "
+                       "never loads pickled checkpoints; retrain the run or restore the file.") from exc
 
 
 def save_predictions(path: Path, split: str, ids: list[str], labels: np.ndarray,
@@ -85,7 +100,7 @@ def save_predictions(path: Path, split: str, ids: list[str], labels: np.ndarray,
     buf = io.BytesIO()
     np.savez_compressed(buf, ids=np.asarray(ids, dtype=str), labels=np.asarray(labels, dtype=np.int64),
                         probs=np.asarray(probs, dtype=np.float32), **extra)
-    with atomic_path(path / "predictions" / f"{split}.npz") as tmp:
+    with atomic_path(path / "predictions" / f"{split}.npz", durable=True) as tmp:
         tmp.write_bytes(buf.getvalue())
 
 
@@ -108,5 +123,5 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_path(path / "history.csv") as tmp:
-        tmp.write_text(buf.getvalue())
+    with atomic_path(path / "history.csv", durable=True) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")

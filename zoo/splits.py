@@ -98,7 +98,8 @@ def _check_class_sizes(index: DatasetIndex, groups: list[int]) -> None:
     small = {c: n for c, n in distinct.items() if n < MIN_PER_CLASS}
     if small:
         counts = index.counts()
-        listed = ", ".join(f"'{c}' ({counts[c]} readable image(s), {n} distinct)" for c, n in small.items())
+        listed = ", ".join(f"{c} ({counts[c]}{'' if n == counts[c] else f', only {n} distinct'})"
+                           for c, n in small.items())
         raise ZooError(f"Too few photos in class {listed} of {index.root}: each class needs at least "
                        f"{MIN_PER_CLASS} distinct photos (one each for train, val and test; "
                        "near-duplicate copies count once). Add photos or remove the class folder.")

@@ -31,12 +31,14 @@ def train(
     """
     from zoo.experiment import TrainOptions, train as run_training
     from zoo.recipes import load_recipe
-    from zoo.registry import check_model_name
+    from zoo.runs import check_run_name
 
     if resume and set_:
         raise ZooError("--resume continues a run with its own saved recipe; drop --set.")
+    for run_name in (name, resume):
+        if run_name:
+            check_run_name(run_name)
     rec, source = load_recipe(recipe, set_)
-    check_model_name(rec.model.name)
     with reporting(quiet) as rep:
         rep.log(f"recipe: {source}")
         path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, quiet=quiet), rep,
@@ -52,6 +54,8 @@ def _print_run_summary(path: Path, quiet: bool) -> None:
     line = (f"{meta['name']}: test_acc {test['accuracy']:.4f}  val_acc {val['accuracy']:.4f}  "
             f"macro_f1 {test['macro_f1']:.4f}  nll {test['nll']:.4f}  ece {test['ece']:.4f}  "
             f"fit {meta.get('fit_seconds', 0):.0f}s")
+    if meta.get("skipped_files"):
+        line += f"  ({meta['skipped_files']} file(s) skipped: `zoo data check` lists them)"
     out.print(line if quiet else f"[bold green]done[/] {line}\n  saved to {path}")
 
 
