@@ -132,6 +132,10 @@ class EnsembleMethod(ABC):
     """
 
     method_name: ClassVar[str] = ""
+    # True when val_proba() is out-of-fold, so a temperature may be fitted on it. Voting methods
+    # say False: their validation probabilities already served to pick members' epochs, fit their
+    # temperatures (and the weights), so the ensemble keeps its members' calibration instead.
+    out_of_fold: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.n_members_: int | None = None

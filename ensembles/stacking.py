@@ -49,6 +49,8 @@ def _floor_and_place(p: np.ndarray, classes: np.ndarray, n_classes: int) -> np.n
 class Stacking(EnsembleMethod):
     """Logistic-regression meta-learner over member log-probabilities (out-of-fold validation)."""
 
+    out_of_fold = True
+
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         super().__init__()
         if float(C) <= 0 or int(max_iter) < 1:

@@ -53,6 +53,15 @@ def test_weighted_ensemble_is_ranked_with_weights_shown(home: Path) -> None:
     row = next(r for r in board if r["name"] == "w")
     assert row["kind"] == "ensemble" and row["members"] == "good,okay,poor"
     assert (home / "w" / "predictions" / "test.npz").is_file()
+    assert meta["calibration"]["temperature"] == 1.0  # voting keeps the members' calibration
+
+
+def test_stacking_is_calibrated_on_out_of_fold_probabilities(home: Path) -> None:
+    result = CliRunner().invoke(app, ["ensemble", "--members", "good,okay", "--method", "stack",
+                                      "--name", "s"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((home / "s" / "meta.json").read_text())
+    assert meta["calibration"]["temperature"] != 1.0 and "out-of-fold" in result.output
 
 
 def test_top_k_picks_the_best_models_on_validation(home: Path) -> None:

@@ -75,7 +75,7 @@ def build_ensemble(members: list[str], method: str, name: str | None, home: Path
     test_ids, y_test, test_probs = _aligned(paths, "test")
     ensemble = create_method(method).fit(val_probs, y_val)
     raw = {"val": ensemble.val_proba(), "test": ensemble.predict_proba(test_probs)}
-    scaler = TemperatureScaler().fit(raw["val"], y_val)
+    scaler = TemperatureScaler().fit(raw["val"], y_val) if ensemble.out_of_fold else TemperatureScaler()
     name = name or new_run_name(f"ensemble-{method}", home)
     path = run_dir(name, home, must_exist=False)
     if (path / "meta.json").exists():
