@@ -123,7 +123,8 @@ def record_evaluation(meta: dict, evaluation: dict, home: Path | None = None) ->
         _insert("evaluations", evaluation_row(evaluation), home)
 
 
-def _stored_evaluations(path: Path) -> list[dict]:
+def stored_evaluations(path: Path) -> list[dict]:
+    """The evaluation records saved in a run folder (damaged ones skipped)."""
     out = []
     for file in sorted((path / "evaluations").glob("*.json")):
         try:
@@ -154,7 +155,7 @@ def rebuild(home: Path | None = None) -> int:
     count = 0
     for meta in metas:
         record(meta, home)
-        evaluations = _stored_evaluations(home / meta["name"])
+        evaluations = stored_evaluations(home / meta["name"])
         for evaluation in evaluations:
             record_evaluation(meta, evaluation, home)
         count += 1 + len(evaluations)

@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from zoo.fileio import write_text
+from zoo.leaderboard import stored_evaluations
 from zoo.runs import read_meta, run_dir
 
 METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
@@ -39,16 +40,6 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _evaluations(path: Path) -> list[dict]:
-    out = []
-    for file in sorted((path / "evaluations").glob("*.json")):
-        try:
-            out.append(json.loads(file.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def _metrics_section(meta: dict, evaluations: list[dict]) -> str:
@@ -125,7 +116,7 @@ def render_report(path: Path) -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(meta['name'])} – mineral-zoo report</title><style>{STYLE}</style></head>"
             f"<body><h1>{escape(meta['name'])}</h1><p class='muted'>mineral-zoo run report</p>"
-            f"{_summary(meta)}{_metrics_section(meta, _evaluations(path))}"
+            f"{_summary(meta)}{_metrics_section(meta, stored_evaluations(path))}"
             f"{_per_class_section(meta.get('metrics', {}).get('test', {}))}{_plots_section(path)}"
             f"{config_html}{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}</body></html>\n")
 
