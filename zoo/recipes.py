@@ -63,6 +63,10 @@ class TrainSection(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     warmup: Optional[WarmupStage] = Field(default_factory=WarmupStage)
+    # Fine-tune all but the first N layer groups (timm's group_matcher order: stem, then each
+    # stage). Frozen early layers keep their ImageNet filters and batch-norm statistics and
+    # cost no backward pass, which is most of a CPU epoch's time at full resolution.
+    frozen_groups: int = Field(0, ge=0)
     channels_last: bool = True
     bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
 

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import group_modules
 
+from zoo.errors import ZooError
 from zoo.recipes import EarlyStopping, Recipe
 from zoo.registry import Preprocessing
 from zoo.transforms import build_train_transform, eval_array, to_tensor
@@ -121,6 +123,7 @@ class Trainer:
         self.val_labels = torch.as_tensor(self.val.labels)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
 
     # ---- the schedule -------------------------------------------------------------------
     def stage_names(self, pretrained: bool) -> list[str]:
@@ -202,6 +205,8 @@ class Trainer:
         if stage.name == "warmup":
             self.model.eval()  # frozen backbone keeps its batch-norm statistics
             stage.module.train()
+        for module in self.frozen_modules:
+            module.eval()  # so do frozen leading layers while the rest fine-tunes
         total, count = 0.0, 0
         for i, (x, y) in enumerate(stage.batches(epoch)):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
@@ -251,8 +256,9 @@ class Trainer:
     def _image_pipeline(self, frozen: bool):
         bs = self.recipe.data.batch_size
         head = {id(p) for p in self.model.get_classifier().parameters()}
+        fixed = {id(p) for m in self.frozen_modules for p in m.parameters()}
         for p in self.model.parameters():
-            p.requires_grad = not frozen or id(p) in head
+            p.requires_grad = id(p) in head if frozen else id(p) not in fixed
         batches = lambda epoch: self._image_batches(epoch, bs)  # noqa: E731
         val_logits = lambda: predict_logits(self.model, self.val.arrays, self.pre, bs,  # noqa: E731
                                             self.cfg.channels_last)
@@ -306,6 +312,21 @@ class Trainer:
             arrays = [eval_array(a, self.pre) for a in self.val.arrays[start:start + self.recipe.data.batch_size]]
             out.append(pooled_features(self.model, to_tensor(arrays, self.pre, self.cfg.channels_last)))
         return torch.cat(out).clone()
+
+
+def leading_groups(model: nn.Module, n: int) -> list[nn.Module]:
+    """The modules of the model's first ``n`` layer groups (timm ``group_matcher`` order)."""
+    if n == 0:
+        return []
+    if not hasattr(model, "group_matcher"):
+        raise ZooError(f"train.frozen_groups={n}: {type(model).__name__} does not define layer "
+                       "groups (group_matcher); set train.frozen_groups=0 to fine-tune every layer.")
+    groups = list(group_modules(model, model.group_matcher(coarse=True)).values())
+    if n >= len(groups) - 1:
+        raise ZooError(f"train.frozen_groups={n} would freeze the whole backbone: "
+                       f"{type(model).__name__} has {len(groups) - 1} layer groups before its "
+                       f"head; use fewer, or train.epochs=0 for a head-only model.")
+    return [model.get_submodule(name) for group in groups[:n] for name in group]
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """custom_cnn: the project's own compact CNN, trained from scratch.
 
-Residual conv stages with batch norm (downsampling by max-pooling), global average pooling,
+A strided conv stem, residual conv stages with batch norm (downsampling by max-pooling), global average pooling,
 dropout and a linear head. ~1.2 M parameters: small enough to train in minutes on a laptop CPU.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch.nn as nn
 from zoo.registry import register_model
 
 
-def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class _Block(nn.Module):
@@ -41,8 +41,10 @@ class CustomCNN(nn.Module):
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.drop_rate = drop_rate
-        self.stem = nn.Sequential(_conv_bn(3, widths[0] // 2), _conv_bn(widths[0] // 2, widths[0]),
-                                  nn.MaxPool2d(2))
+        # A strided first conv halves the resolution at once: the same 1/2-scale output as two
+        # full-resolution convs + max-pool, at a fraction of the CPU time.
+        self.stem = nn.Sequential(_conv_bn(3, widths[0] // 2, stride=2),
+                                  _conv_bn(widths[0] // 2, widths[0]))
         stages, cin = [], widths[0]
         for i, w in enumerate(widths):
             stages += [_Block(cin, w)] + ([nn.MaxPool2d(2)] if i < len(widths) - 1 else [])
@@ -57,6 +59,10 @@ class CustomCNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups in timm's format (stem, then each stage) for partial fine-tuning."""
+        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)"}
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
