@@ -47,6 +47,7 @@ from zoo.dataset import DatasetIndex, resolve_data_root, scan_dataset
 from zoo.recipes import load_recipe
 from zoo.registry import build_model, preprocessing_of
 from zoo.splits import Split, make_split, save_split
+from zoo.training import leading_groups
 from zoo.transforms import build_train_transform, to_tensor
 
 RECIPE = "tf_efficientnet_lite0"
@@ -264,8 +265,8 @@ def train_baseline(index: DatasetIndex, split: Split, size: int, args: argparse.
 # ---- throughput --------------------------------------------------------------------------------
 def throughput(index: DatasetIndex, split: Split, size: int, cache: Path,
                args: argparse.Namespace) -> dict[str, float]:
-    """Training img/s (forward + backward + step; median batch) on real photos via the zoo
-    pipeline, and on synthetic tensors of the same shape."""
+    """Training img/s (forward + backward + step; median batch, the recipe's frozen layer
+    groups frozen) on real photos via the zoo pipeline, and on synthetic tensors of the same shape."""
     recipe, _ = load_recipe(RECIPE, [f"data.image_size={size}"])
     model = build_model(RECIPE, len(split.classes))  # weights do not change the speed
     pre = preprocessing_of(model, size)
@@ -276,7 +277,9 @@ def throughput(index: DatasetIndex, split: Split, size: int, cache: Path,
     cl, bs = recipe.train.channels_last, recipe.data.batch_size
     model = model.to(memory_format=torch.channels_last) if cl else model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for module in leading_groups(model, recipe.train.frozen_groups):  # as the recipe trains it
+        module.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     aug = build_train_transform(recipe.augment.get("train", []), size, seed=0)
     rng = np.random.default_rng(0)
 
