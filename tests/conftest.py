@@ -37,7 +37,7 @@ def zoo_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _shared() -> Path | None:
     value = os.environ.get("ZOO_TEST_DATA")
-    return Path(value) if value else None
+    return Path(value).resolve() if value else None
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def real_weights() -> Path:
         if os.environ.get("ZOO_REQUIRE_REAL_DATA") == "1":
             pytest.fail(f"ZOO_TEST_WEIGHTS={value} is not a folder, and ZOO_REQUIRE_REAL_DATA=1")
         pytest.skip("set ZOO_TEST_WEIGHTS to the offline weights folder")
-    return Path(value)
+    return Path(value).resolve()
 
 
 @pytest.fixture(scope="session")
