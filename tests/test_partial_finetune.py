@@ -14,11 +14,12 @@ from zoo.training import SplitArrays, Trainer, leading_groups
 SIZE, CLASSES = 32, 3
 
 
-def _recipe(frozen_groups: int) -> Recipe:
+def _recipe(frozen_groups: int, freeze_bn_stats: bool = False) -> Recipe:
     return Recipe.model_validate({
         "model": {"name": "custom_cnn", "pretrained": False, "kwargs": {"widths": [8, 16, 32]}},
         "data": {"image_size": SIZE, "batch_size": 8},
-        "train": {"epochs": 1, "lr": 0.05, "warmup": None, "frozen_groups": frozen_groups},
+        "train": {"epochs": 1, "lr": 0.05, "warmup": None, "frozen_groups": frozen_groups,
+                  "freeze_bn_stats": freeze_bn_stats},
     })
 
 
@@ -28,12 +29,12 @@ def _split(n: int, side: int, seed: int) -> SplitArrays:
     return SplitArrays([f"img{i}.png" for i in range(n)], arrays, np.arange(n) % CLASSES)
 
 
-def _trained(frozen_groups: int) -> tuple[dict, dict]:
+def _trained(frozen_groups: int, freeze_bn_stats: bool = False) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     side = preprocessing_of(model, SIZE).resize_side
-    trainer = Trainer(model, preprocessing_of(model, SIZE), _recipe(frozen_groups),
+    trainer = Trainer(model, preprocessing_of(model, SIZE), _recipe(frozen_groups, freeze_bn_stats),
                       _split(16, side, 1), _split(6, side, 2))
     trainer.fit(pretrained=False)
     return before, trainer.model.state_dict()
@@ -52,6 +53,17 @@ def test_frozen_groups_keep_weights_and_batchnorm_statistics() -> None:
 
 def test_no_frozen_groups_trains_every_layer() -> None:
     before, after = _trained(frozen_groups=0)
+    assert not torch.equal(after["stem.0.0.weight"], before["stem.0.0.weight"])
+
+
+def test_freeze_bn_stats_keeps_running_statistics_but_trains_scales() -> None:
+    before, after = _trained(frozen_groups=0, freeze_bn_stats=True)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    scales = [k for k in before if k.startswith("stages.2.") and k.endswith(".1.weight")]
+    assert stats and scales
+    for key in stats:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert all(not torch.equal(after[k], before[k]) for k in scales)
     assert not torch.equal(after["stem.0.0.weight"], before["stem.0.0.weight"])
 
 

@@ -67,6 +67,9 @@ class TrainSection(_Strict):
     # stage). Frozen early layers keep their ImageNet filters and batch-norm statistics and
     # cost no backward pass, which is most of a CPU epoch's time at full resolution.
     frozen_groups: int = Field(0, ge=0)
+    # Keep every batch-norm layer's ImageNet running statistics while fine-tuning (its scale and
+    # shift still train): small batches of a small dataset give noisy batch statistics.
+    freeze_bn_stats: bool = False
     channels_last: bool = True
     bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
 

@@ -207,6 +207,10 @@ class Trainer:
             stage.module.train()
         for module in self.frozen_modules:
             module.eval()  # so do frozen leading layers while the rest fine-tunes
+        if self.cfg.freeze_bn_stats:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         total, count = 0.0, 0
         for i, (x, y) in enumerate(stage.batches(epoch)):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
