@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-lr", type=float, default=3e-4, help="baseline AdamW learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="baseline batch size")
     p.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (0 or 2)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="baseline seed (head init, shuffling, augmentation): one seed, one result")
     p.add_argument("--throughput-batches", type=int, default=10,
                    help="timed training batches per throughput measurement")
     p.add_argument("--work", type=Path, help="working folder (default: a new temporary folder)")
@@ -229,6 +231,7 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
 
 
 def train_baseline(index: DatasetIndex, split: Split, size: int, args: argparse.Namespace) -> Result:
+    torch.manual_seed(args.seed)  # DataLoader workers derive their seeds from it
     start = time.perf_counter()
     weights = Path(args.weights_dir) / f"{RECIPE}.safetensors"
     model = timm.create_model(RECIPE, pretrained=True, num_classes=len(split.classes),

@@ -78,3 +78,21 @@ def test_freezing_the_whole_backbone_is_a_clear_error() -> None:
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     with pytest.raises(ZooError, match="whole backbone.*4 layer groups"):
         leading_groups(model, 4)
+
+
+def test_layer_decay_gives_earlier_layer_groups_smaller_learning_rates() -> None:
+    recipe = Recipe.model_validate({
+        "model": {"name": "custom_cnn", "pretrained": False, "kwargs": {"widths": [8, 16, 32]}},
+        "data": {"image_size": SIZE, "batch_size": 8},
+        "train": {"epochs": 1, "lr": 0.01, "warmup": None, "layer_decay": 0.5},
+    })
+    model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
+    side = preprocessing_of(model, SIZE).resize_side
+    trainer = Trainer(model, preprocessing_of(model, SIZE), recipe, _split(8, side, 1), _split(4, side, 2))
+    opt = trainer._optimizer(trainer._finetune_stage())
+    lr = {name: g["lr"] for name, p in model.named_parameters()
+          for g in opt.param_groups if any(p is q for q in g["params"])}
+    assert len(lr) == len(list(model.parameters()))  # every parameter trains
+    head = [v for k, v in lr.items() if k.startswith("classifier")]
+    assert head and all(v == pytest.approx(0.01) for v in head)
+    assert lr["stem.0.0.weight"] < lr["stages.2.conv1.0.weight"] < 0.01

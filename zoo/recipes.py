@@ -70,6 +70,9 @@ class TrainSection(_Strict):
     # Keep every batch-norm layer's ImageNet running statistics while fine-tuning (its scale and
     # shift still train): small batches of a small dataset give noisy batch statistics.
     freeze_bn_stats: bool = False
+    # Layer-wise learning rates for fine-tuning (timm's group_matcher order): the head trains at
+    # lr, each layer group before it at layer_decay times the next one's. 1.0: one lr for all.
+    layer_decay: float = Field(1.0, gt=0, le=1)
     channels_last: bool = True
     bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
 

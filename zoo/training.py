@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import group_modules
+from timm.optim import param_groups_layer_decay
 
 from zoo.errors import ZooError
 from zoo.recipes import EarlyStopping, Recipe
@@ -164,9 +165,8 @@ class Trainer:
 
     # ---- one stage ------------------------------------------------------------------------
     def _run(self, stage: Stage, index: int, resume: ResumeState | None) -> None:
-        params = [p for p in stage.module.parameters() if p.requires_grad]
-        opt = self._optimizer(params, stage.lr)
-        sched = self._scheduler(opt, stage.lr, stage.epochs * stage.n_batches)
+        opt = self._optimizer(stage)
+        sched = self._scheduler(opt, stage.epochs * stage.n_batches)
         stopper = EarlyStopper(self.cfg.early_stopping)
         best_state, first = _clone(self.model.state_dict()), 0
         if resume is not None and resume.epoch > 0:
@@ -233,18 +233,26 @@ class Trainer:
         return loss, acc
 
     # ---- optimisation ---------------------------------------------------------------------
-    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]  # biases and norm scales
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+    def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        """No weight decay on biases and norm scales; with ``layer_decay`` < 1 the fine-tuning
+        stage gives each layer group ``lr * layer_decay ** (distance from the head)`` (timm)."""
+        if stage.name == "finetune" and self.cfg.layer_decay < 1:
+            groups = param_groups_layer_decay(self.model, self.cfg.weight_decay,
+                                              layer_decay=self.cfg.layer_decay)
+            for group in groups:
+                group["lr"] = stage.lr * group.pop("lr_scale")
+        else:
+            params = [p for p in stage.module.parameters() if p.requires_grad]
+            groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": self.cfg.weight_decay},
+                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
         if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum, nesterov=True)
-        return torch.optim.AdamW(groups, lr=lr)
+            return torch.optim.SGD(groups, lr=stage.lr, momentum=self.cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=stage.lr)
 
-    def _scheduler(self, opt: torch.optim.Optimizer, lr: float, total: int):
+    def _scheduler(self, opt: torch.optim.Optimizer, total: int):
         if self.cfg.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1))
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                       total_steps=max(total, 1))
         warm = int(total * self.cfg.warmup_steps_pct)
 
         def factor(step: int) -> float:
