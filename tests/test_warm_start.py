@@ -62,9 +62,8 @@ def test_pooled_features_are_the_classifier_input(name: str) -> None:
 
 def _one_step(trainer: Trainer, stage: Stage) -> float:
     """One optimisation step as ``Trainer._run`` sets it up (optimizer, schedule, modes)."""
-    params = [p for p in stage.module.parameters() if p.requires_grad]
-    opt = trainer._optimizer(params, stage.lr)
-    sched = trainer._scheduler(opt, stage.lr, stage.n_batches)
+    opt = trainer._optimizer(stage)
+    sched = trainer._scheduler(opt, stage.n_batches)
     return trainer._train_epoch(stage, 0, opt, sched)
 
 
