@@ -73,6 +73,9 @@ class TrainSection(_Strict):
     # Layer-wise learning rates for fine-tuning (timm's group_matcher order): the head trains at
     # lr, each layer group before it at layer_decay times the next one's. 1.0: one lr for all.
     layer_decay: float = Field(1.0, gt=0, le=1)
+    # Fine-tuning validates, keeps and saves an exponential moving average of the weights (timm
+    # ModelEmaV3 with decay warm-up) instead of the raw ones; 0: off.
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = True
     bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
 

@@ -45,6 +45,7 @@ def save_state(run: Path, state: ResumeState) -> None:
     """One atomic file: tensors, with the rest as JSON in the safetensors header metadata."""
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in state.model.items()}
     tensors |= {f"best/{k}": v.detach().contiguous() for k, v in state.best_model.items()}
+    tensors |= {f"ema/{k}": v.detach().contiguous() for k, v in state.ema.items()}
     opt_tensors, opt_info = _split_optimizer(state.optimizer)
     tensors |= opt_tensors
     info = {"stage": state.stage, "epoch": state.epoch, "best": state.best,
@@ -70,7 +71,7 @@ def load_state(run: Path) -> ResumeState:
 
     return ResumeState(info["stage"], info["epoch"], info["best"], info["bad_epochs"],
                        info.get("best_tiebreak"), info["history"], part("model/"), part("best/"),
-                       _join_optimizer(tensors, info["optimizer"]), info["scheduler"])
+                       _join_optimizer(tensors, info["optimizer"]), info["scheduler"], part("ema/"))
 
 
 def clear_state(run: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import group_modules
 from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
 
 from zoo.errors import ZooError
 from zoo.recipes import EarlyStopping, Recipe
@@ -100,6 +102,7 @@ class ResumeState:
     best_model: dict[str, torch.Tensor]
     optimizer: dict
     scheduler: dict
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)  # averaged weights, when on
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,23 +170,27 @@ class Trainer:
     def _run(self, stage: Stage, index: int, resume: ResumeState | None) -> None:
         opt = self._optimizer(stage)
         sched = self._scheduler(opt, stage.epochs * stage.n_batches)
+        ema = self._ema(stage)
         stopper = EarlyStopper(self.cfg.early_stopping)
         best_state, first = _clone(self.model.state_dict()), 0
         if resume is not None and resume.epoch > 0:
             opt.load_state_dict(resume.optimizer)
             sched.load_state_dict(resume.scheduler)
+            if ema is not None:
+                ema.module.load_state_dict(resume.ema)
             stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
             stopper.best_tiebreak = resume.best_tiebreak
             best_state, first = resume.best_model, resume.epoch
         for epoch in range(first, stage.epochs):
             start = time.perf_counter()
             torch.manual_seed(self.recipe.seed * 1000 + 100 * index + epoch)  # dropout; resumable
-            train_loss = self._train_epoch(stage, epoch, opt, sched)
-            val_loss, val_acc = self._validate(stage)
-            by_loss = self.cfg.early_stopping.monitor == "val_loss"
-            improved = stopper.step(val_loss, None) if by_loss else stopper.step(val_acc, val_loss)
-            if improved:
-                best_state = _clone(self.model.state_dict())
+            train_loss = self._train_epoch(stage, epoch, opt, sched, ema)
+            with self._weights_of(ema):
+                val_loss, val_acc = self._validate(stage)
+                by_loss = self.cfg.early_stopping.monitor == "val_loss"
+                improved = stopper.step(val_loss, None) if by_loss else stopper.step(val_acc, val_loss)
+                if improved:
+                    best_state = _clone(self.model.state_dict())
             row = {"epoch": len(self.history) + 1, "stage": stage.name, "train_loss": train_loss,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - start, "best": improved}
@@ -194,13 +201,14 @@ class Trainer:
             self.on_checkpoint(ResumeState(
                 index, epoch + 1, stopper.best, stopper.bad_epochs, stopper.best_tiebreak,
                 list(self.history), self.model.state_dict(), best_state, opt.state_dict(),
-                sched.state_dict()))
+                sched.state_dict(), ema.module.state_dict() if ema is not None else {}))
         self.model.load_state_dict(best_state)
         self.on_checkpoint(ResumeState(index + 1, 0, None, 0, None, list(self.history),
                                        self.model.state_dict(), best_state, {}, {}))
 
     def _train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
-                     sched: torch.optim.lr_scheduler.LRScheduler) -> float:
+                     sched: torch.optim.lr_scheduler.LRScheduler,
+                     ema: ModelEmaV3 | None = None) -> float:
         stage.module.train()
         if stage.name == "warmup":
             self.model.eval()  # frozen backbone keeps its batch-norm statistics
@@ -219,6 +227,8 @@ class Trainer:
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(self.model, step=epoch * stage.n_batches + i + 1)
             total += loss.item() * len(y)
             count += len(y)
             self.on_batch(stage.name, i + 1, stage.n_batches)
@@ -231,6 +241,28 @@ class Trainer:
         loss = F.cross_entropy(logits, self.val_labels).item()
         acc = (logits.argmax(1) == self.val_labels).float().mean().item()
         return loss, acc
+
+    # ---- weight averaging -----------------------------------------------------------------
+    def _ema(self, stage: Stage) -> ModelEmaV3 | None:
+        """An exponential moving average of the fine-tuned weights (timm), when ``ema_decay`` > 0.
+        With warm-up its decay grows with the step (``1 - (1 + step) ** -0.75``, capped at
+        ``ema_decay``), so a short schedule averages its last epoch or two, not the start."""
+        if stage.name != "finetune" or not self.cfg.ema_decay:
+            return None
+        return ModelEmaV3(self.model, decay=self.cfg.ema_decay, use_warmup=True, warmup_power=0.75)
+
+    @contextmanager
+    def _weights_of(self, ema: ModelEmaV3 | None) -> Iterator[None]:
+        """Inside, the model holds the averaged weights (validated, kept as best); after, its own."""
+        if ema is None:
+            yield
+            return
+        own = _clone(self.model.state_dict())
+        self.model.load_state_dict(ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
 
     # ---- optimisation ---------------------------------------------------------------------
     def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:

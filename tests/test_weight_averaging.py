@@ -1,0 +1,75 @@
+"""``train.ema_decay``: fine-tuning validates and keeps an exponential moving average of the
+weights, and a resumed run continues the same average."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.recipes import Recipe
+from zoo.registry import build_model, preprocessing_of
+from zoo.resume import load_state, save_state
+from zoo.training import ResumeState, SplitArrays, Trainer
+
+SIZE, CLASSES, DECAY = 32, 3, 0.6
+
+
+def _split(n: int, side: int, seed: int) -> SplitArrays:
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8) for _ in range(n)]
+    return SplitArrays([f"img{i}.png" for i in range(n)], arrays, np.arange(n) % CLASSES)
+
+
+def _trainer(epochs: int, **callbacks) -> Trainer:
+    recipe = Recipe.model_validate({
+        "model": {"name": "custom_cnn", "pretrained": False, "kwargs": {"widths": [8, 16, 32]}},
+        "data": {"image_size": SIZE, "batch_size": 4},
+        "train": {"epochs": epochs, "lr": 0.01, "warmup": None, "ema_decay": DECAY,
+                  "early_stopping": {"monitor": "val_accuracy", "patience": 50}},
+    })
+    torch.manual_seed(0)
+    model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
+    pre = preprocessing_of(model, SIZE)
+    return Trainer(model, pre, recipe, _split(12, pre.resize_side, 1), _split(6, pre.resize_side, 2),
+                   **callbacks)
+
+
+def test_one_epoch_keeps_the_moving_average_of_the_step_weights() -> None:
+    steps: list[dict[str, torch.Tensor]] = []
+    holder: dict[str, Trainer] = {}
+    trainer = _trainer(1, on_batch=lambda stage, i, n: steps.append(
+        {k: v.clone() for k, v in holder["t"].model.state_dict().items()}))
+    holder["t"] = trainer
+    trainer.fit(pretrained=False)
+    assert len(steps) == 3  # 12 photos, batches of 4
+
+    expected = steps[0]  # the first update copies the weights (warm-up decay 0)
+    for step, weights in enumerate(steps[1:], start=1):
+        decay = min(DECAY, 1 - (1 + step) ** -0.75)
+        expected = {k: v + (1 - decay) * (weights[k] - v) if v.is_floating_point() else weights[k]
+                    for k, v in expected.items()}
+    final = trainer.model.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(final[key], value, msg=key)
+    assert not torch.equal(final["stem.0.0.weight"], steps[-1]["stem.0.0.weight"])
+
+
+def test_resume_continues_the_same_average(tmp_path: Path) -> None:
+    def save_after_first_epoch(state: ResumeState) -> None:
+        if state.stage == 0 and state.epoch == 1:
+            save_state(tmp_path, state)
+
+    straight = _trainer(3, on_checkpoint=save_after_first_epoch)
+    straight.fit(pretrained=False)
+    saved = load_state(tmp_path)
+    assert saved.ema and set(saved.ema) == set(straight.model.state_dict())
+
+    resumed = _trainer(3)
+    resumed.fit(pretrained=False, resume=saved)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    def scores(trainer: Trainer) -> list[tuple[float, float]]:  # of the averaged weights, each epoch
+        return [(r["val_loss"], r["val_accuracy"]) for r in trainer.history]
+
+    np.testing.assert_allclose(scores(resumed), scores(straight), rtol=1e-5)
