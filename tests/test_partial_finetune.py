@@ -2,14 +2,14 @@
 batch-norm statistics while the rest of the network trains."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers_training import random_split
 
 from zoo.errors import ZooError
 from zoo.recipes import Recipe
 from zoo.registry import build_model, preprocessing_of
-from zoo.training import SplitArrays, Trainer, leading_groups
+from zoo.training import Trainer, leading_groups
 
 SIZE, CLASSES = 32, 3
 
@@ -23,19 +23,13 @@ def _recipe(frozen_groups: int, freeze_bn_stats: bool = False) -> Recipe:
     })
 
 
-def _split(n: int, side: int, seed: int) -> SplitArrays:
-    rng = np.random.default_rng(seed)
-    arrays = [rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8) for _ in range(n)]
-    return SplitArrays([f"img{i}.png" for i in range(n)], arrays, np.arange(n) % CLASSES)
-
-
 def _trained(frozen_groups: int, freeze_bn_stats: bool = False) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     side = preprocessing_of(model, SIZE).resize_side
     trainer = Trainer(model, preprocessing_of(model, SIZE), _recipe(frozen_groups, freeze_bn_stats),
-                      _split(16, side, 1), _split(6, side, 2))
+                      random_split(16, side, 1), random_split(6, side, 2))
     trainer.fit(pretrained=False)
     return before, trainer.model.state_dict()
 
@@ -88,7 +82,7 @@ def test_layer_decay_gives_earlier_layer_groups_smaller_learning_rates() -> None
     })
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     side = preprocessing_of(model, SIZE).resize_side
-    trainer = Trainer(model, preprocessing_of(model, SIZE), recipe, _split(8, side, 1), _split(4, side, 2))
+    trainer = Trainer(model, preprocessing_of(model, SIZE), recipe, random_split(8, side, 1), random_split(4, side, 2))
     opt = trainer._optimizer(trainer._finetune_stage())
     lr = {name: g["lr"] for name, p in model.named_parameters()
           for g in opt.param_groups if any(p is q for q in g["params"])}

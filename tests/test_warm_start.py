@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers_training import random_split
 
 from zoo.recipes import Recipe
 from zoo.registry import build_model, preprocessing_of
@@ -30,18 +31,12 @@ def _recipe(cached: bool, optimizer: str = "sgd") -> Recipe:
     })
 
 
-def _split(n: int, side: int, seed: int) -> SplitArrays:
-    rng = np.random.default_rng(seed)
-    arrays = [rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8) for _ in range(n)]
-    return SplitArrays([f"img{i}.png" for i in range(n)], arrays, np.arange(n) % CLASSES)
-
-
 @pytest.fixture
 def setup() -> tuple[nn.Module, SplitArrays, SplitArrays]:
     torch.manual_seed(0)
     model = build_model("custom_cnn", CLASSES, drop_rate=0.0, widths=(8, 16))
     side = preprocessing_of(model, SIZE).resize_side
-    return model, _split(N_TRAIN, side, 1), _split(N_VAL, side, 2)
+    return model, random_split(N_TRAIN, side, 1), random_split(N_VAL, side, 2)
 
 
 @pytest.mark.parametrize("name", ["custom_cnn", "tf_efficientnet_lite0", "mobilenetv3_small_050"])

@@ -6,19 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers_training import random_split
 
 from zoo.recipes import Recipe
 from zoo.registry import build_model, preprocessing_of
 from zoo.resume import load_state, save_state
-from zoo.training import ResumeState, SplitArrays, Trainer
+from zoo.training import ResumeState, Trainer
 
 SIZE, CLASSES, DECAY = 32, 3, 0.6
-
-
-def _split(n: int, side: int, seed: int) -> SplitArrays:
-    rng = np.random.default_rng(seed)
-    arrays = [rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8) for _ in range(n)]
-    return SplitArrays([f"img{i}.png" for i in range(n)], arrays, np.arange(n) % CLASSES)
 
 
 def _trainer(epochs: int, **callbacks) -> Trainer:
@@ -31,16 +26,15 @@ def _trainer(epochs: int, **callbacks) -> Trainer:
     torch.manual_seed(0)
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     pre = preprocessing_of(model, SIZE)
-    return Trainer(model, pre, recipe, _split(12, pre.resize_side, 1), _split(6, pre.resize_side, 2),
+    return Trainer(model, pre, recipe, random_split(12, pre.resize_side, 1), random_split(6, pre.resize_side, 2),
                    **callbacks)
 
 
 def test_one_epoch_keeps_the_moving_average_of_the_step_weights() -> None:
-    steps: list[dict[str, torch.Tensor]] = []
-    holder: dict[str, Trainer] = {}
-    trainer = _trainer(1, on_batch=lambda stage, i, n: steps.append(
-        {k: v.clone() for k, v in holder["t"].model.state_dict().items()}))
-    holder["t"] = trainer
+    steps: list[dict[str, torch.Tensor]] = []  # the trained weights after each step
+    trainer = _trainer(1)
+    trainer.on_batch = lambda stage, i, n: steps.append(
+        {k: v.clone() for k, v in trainer.model.state_dict().items()})
     trainer.fit(pretrained=False)
     assert len(steps) == 3  # 12 photos, batches of 4
 
@@ -69,6 +63,7 @@ def test_resume_continues_the_same_average(tmp_path: Path) -> None:
     resumed.fit(pretrained=False, resume=saved)
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
     def scores(trainer: Trainer) -> list[tuple[float, float]]:  # of the averaged weights, each epoch
         return [(r["val_loss"], r["val_accuracy"]) for r in trainer.history]
 
