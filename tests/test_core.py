@@ -13,7 +13,7 @@ from zoo.dataset import scan_dataset
 from zoo.errors import WeightsNotFoundError, ZooError
 from zoo.recipes import EarlyStopping, load_recipe
 from zoo.registry import build_model, check_model_name, preprocessing_of
-from zoo.splits import get_split, make_split
+from zoo.splits import cross_validation_folds, get_split, make_split
 from zoo.training import EarlyStopper, pooled_features
 from zoo.weights import create_pretrained, local_weights
 
@@ -29,6 +29,25 @@ def test_split_is_stratified_deterministic_and_keeps_duplicates_together(tmp_pat
         assert got == {"train", "val", "test"}
     assert split.assignment["pyrite/000.png"] == split.assignment["pyrite/copy-of-000.png"]
     assert split.groups["pyrite/000.png"] == split.groups["pyrite/copy-of-000.png"]
+
+
+def test_cross_validation_folds_partition_train_val_and_keep_test(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", per_class=15)
+    shutil.copy(root / "pyrite" / "000.png", root / "pyrite" / "copy-of-000.png")
+    index = scan_dataset(root)
+    split = make_split(index)
+    folds = cross_validation_folds(split, index, 3)
+    pool = {p for p, s in split.assignment.items() if s != "test"}
+    val_sets = [set(f.paths("val")) for f in folds]
+    assert set().union(*val_sets) == pool and sum(map(len, val_sets)) == len(pool)  # each once
+    for fold in folds:
+        assert fold.paths("test") == split.paths("test")
+        assert set(fold.paths("train")) == pool - set(fold.paths("val"))
+        assert fold.assignment["pyrite/000.png"] == fold.assignment["pyrite/copy-of-000.png"]
+        assert {it.label for it in index.items if it.path in fold.paths("val")} == set(index.classes)
+    assert [f.assignment for f in cross_validation_folds(split, index, 3)] == [f.assignment for f in folds]
+    with pytest.raises(ZooError, match="at least 2 folds"):
+        cross_validation_folds(split, index, 1)
 
 
 def test_split_is_fixed_once_and_reports_new_files(tmp_path: Path, monkeypatch) -> None:

@@ -155,3 +155,26 @@ def get_split(index: DatasetIndex) -> tuple[Split, list[str]]:
     if gone:
         notes.append(f"{len(gone)} file(s) of the split are missing or unreadable (e.g. {gone[0]})")
     return split, notes
+
+
+def cross_validation_folds(split: Split, index: DatasetIndex, k: int, seed: int = SPLIT_SEED) -> list[Split]:
+    """``k`` splits for choosing a recipe by cross-validation: ``split``'s train+val photos are
+    dealt into ``k`` folds (near-duplicate groups kept together, each class spread evenly) and
+    each fold is once the validation part; the test photos stay test, never used for a choice."""
+    if k < 2:
+        raise ZooError(f"Cross-validation needs at least 2 folds, not {k}.")
+    label = {it.path: it.label for it in index.items}
+    rng = random.Random(seed)
+    fold_of_group: dict[int, int] = {}
+    for cls in sorted(split.classes):
+        groups = list(dict.fromkeys(split.groups[p] for p in sorted(split.assignment)
+                                    if split.assignment[p] != "test" and label.get(p) == cls))
+        rng.shuffle(groups)
+        fold_of_group.update((g, i % k) for i, g in enumerate(groups))
+    folds = []
+    for fold in range(k):
+        assignment = {p: s if s == "test" else ("val" if fold_of_group[split.groups[p]] == fold else "train")
+                      for p, s in split.assignment.items() if p in label}
+        folds.append(Split(f"{split.id}-cv{fold}of{k}", split.dataset, split.classes, assignment,
+                           {p: split.groups[p] for p in assignment}))
+    return folds
