@@ -25,6 +25,7 @@ from pathlib import Path
 
 from zoo.cache import cache_root
 from zoo.dataset import resolve_data_root, scan_dataset
+from zoo.errors import ZooError
 from zoo.splits import cross_validation_folds, get_split, save_split
 
 
@@ -91,4 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ZooError as exc:
+        raise SystemExit(f"error: {exc}") from None
