@@ -76,6 +76,9 @@ def summarise(results: list[dict], names: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    names = [v.split()[0] if v.split() else "" for v in args.variant]
+    if "" in names or len(set(names)) < len(names):
+        raise SystemExit(f"error: each --variant needs its own name first, got {names}")
     variants = {v.split()[0]: v.split()[1:] for v in args.variant}
     index = scan_dataset(resolve_data_root(args.data))
     split, _ = get_split(index)

@@ -26,8 +26,8 @@ def _trainer(epochs: int, **callbacks) -> Trainer:
     torch.manual_seed(0)
     model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
     pre = preprocessing_of(model, SIZE)
-    return Trainer(model, pre, recipe, random_split(12, pre.resize_side, 1), random_split(6, pre.resize_side, 2),
-                   **callbacks)
+    side = pre.resize_side
+    return Trainer(model, pre, recipe, random_split(12, side, 1), random_split(6, side, 2), **callbacks)
 
 
 def test_one_epoch_keeps_the_moving_average_of_the_step_weights() -> None:
