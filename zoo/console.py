@@ -36,10 +36,16 @@ class Reporter:
         for phase in [p for p in self.tasks if p != "epochs"]:
             self.progress.update(self.tasks[phase], completed=0)
         self.advance("epochs", row["epoch"], max_epochs)
-        mark = " *" if row.get("best") else ""
-        self.log(f"[bold]{row['stage']:>8}[/] epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
-                 f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
-                 f"lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}")
+        self.log(epoch_line(row))
+
+
+def epoch_line(row: dict) -> str:
+    """``stage epoch  loss  val_loss  val_acc  lr  seconds [*: new best]``, one line of an
+    80-column terminal."""
+    mark = " *" if row.get("best") else ""
+    return (f"[bold]{row['stage']:>8}[/] {row['epoch']:>3}  loss {row['train_loss']:.3f}  "
+            f"val_loss {row['val_loss']:.3f}  val_acc {row['val_accuracy']:.3f}  "
+            f"lr {row['lr']:.1e}  {row['seconds']:.1f}s{mark}")
 
 
 @contextmanager
