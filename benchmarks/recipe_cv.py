@@ -5,7 +5,7 @@
 
 142 validation photos are too few to rank recipe variants: one photo is 0.7 points, about the
 gap between two seeds. This script deals the dataset's fixed train+val photos into ``--folds``
-folds (``zoo.splits.cross_validation_folds``: near-duplicates together, classes spread evenly,
+folds (``zoo.data.splits.cross_validation_folds``: near-duplicates together, classes spread evenly,
 test photos untouched), trains every variant on every fold with ``zoo train RECIPE --set ...``
 (each fold's split saved in a private ZOO_SPLITS_DIR, runs in a private ZOO_HOME, the user's
 decode cache shared), and prints each variant's mean validation accuracy and NLL and its
@@ -23,10 +23,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from zoo.cache import cache_root
-from zoo.dataset import resolve_data_root, scan_dataset
+from zoo.data.cache import cache_root
+from zoo.data.dataset import resolve_data_root, scan_dataset
 from zoo.errors import ZooError
-from zoo.splits import cross_validation_folds, get_split, save_split
+from zoo.data.splits import cross_validation_folds, get_split, save_split
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

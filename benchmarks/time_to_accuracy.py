@@ -4,7 +4,7 @@
     python benchmarks/time_to_accuracy.py --leaderboard          # cold-start leaderboard
     python benchmarks/time_to_accuracy.py --max-images 10 --image-size 64 --max-epochs 1  # smoke
 
-Both contestants use one split, made here with ``zoo.splits.make_split`` and saved where the
+Both contestants use one split, made here with ``zoo.data.splits.make_split`` and saved where the
 ``zoo`` subprocesses read it (a private ZOO_SPLITS_DIR), so they see identical train / val / test
 photos. The zoo recipe runs as ``zoo train tf_efficientnet_lite0`` with a private ZOO_HOME and a
 cold decode cache (a fresh ZOO_CACHE_DIR); its time to target is wall time from process start to
@@ -42,13 +42,13 @@ import torchvision.transforms as T
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import default_loader
 
-from zoo.cache import DecodeCache
-from zoo.dataset import DatasetIndex, resolve_data_root, scan_dataset
-from zoo.recipes import load_recipe
-from zoo.registry import build_model, preprocessing_of
-from zoo.splits import Split, make_split, save_split
-from zoo.training import leading_groups
-from zoo.transforms import build_train_transform, to_tensor
+from zoo.data.cache import DecodeCache
+from zoo.data.dataset import DatasetIndex, resolve_data_root, scan_dataset
+from zoo.train.recipes import load_recipe
+from zoo.models.factory import build_model, preprocessing_of
+from zoo.data.splits import Split, make_split, save_split
+from zoo.train.trainer import leading_groups
+from zoo.data.transforms import build_train_transform, to_tensor
 
 RECIPE = "tf_efficientnet_lite0"
 LEADERBOARD = ("custom_cnn", "tf_efficientnet_lite0", "mobilenetv2_100", "tf_efficientnet_lite2")

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from tests.helpers_badfiles import Case, bomb_png, encode, textured, write_bad_dataset
 from zoo.cli import app
-from zoo.dataset import DatasetIndex, scan_dataset
+from zoo.data.dataset import DatasetIndex, scan_dataset
 from zoo.errors import UnreadableImageError, ZooError
-from zoo.imaging import MAX_PIXELS, load_image
-from zoo.splits import MIN_PER_CLASS, make_split
+from zoo.data.imaging import MAX_PIXELS, load_image
+from zoo.data.splits import MIN_PER_CLASS, make_split
 
 
 @pytest.fixture(scope="module")

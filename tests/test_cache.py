@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from zoo.cache import DecodeCache, cache_root, decode_array
-from zoo.imaging import load_image, resize_short_side
+from zoo.data.cache import DecodeCache, cache_root, decode_array
+from zoo.data.imaging import load_image, resize_short_side
 
 SIDE = 32
 
@@ -159,11 +159,11 @@ def _npy(arr: np.ndarray) -> bytes:
 
 def test_entries_of_another_decoder_version_are_not_used(cache: DecodeCache, photos,
                                                          monkeypatch) -> None:
-    import zoo.cache
+    import zoo.data.cache
 
     file, sha = photos["jpeg"]
     cache.get(file, sha, SIDE)
-    monkeypatch.setattr(zoo.cache, "DECODER_VERSION", zoo.cache.DECODER_VERSION + 1)
+    monkeypatch.setattr(zoo.data.cache, "DECODER_VERSION", zoo.data.cache.DECODER_VERSION + 1)
     newer = DecodeCache(cache.root)
     newer.get(file, sha, SIDE)
     assert (newer.hits, newer.misses) == (0, 1)

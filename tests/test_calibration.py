@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from zoo.calibration import TemperatureScaler, expected_calibration_error, reliability_bins
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error, reliability_bins
 from zoo.errors import ZooError
 
 

@@ -158,12 +158,12 @@ def _run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 def test_unexpected_exception_is_a_short_message_with_a_log(env, monkeypatch, capsys, tmp_path):
-    import zoo.leaderboard
+    import zoo.store.leaderboard
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(zoo.leaderboard, "rows", boom)
+    monkeypatch.setattr(zoo.store.leaderboard, "rows", boom)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("ZOO_HOME", env["ZOO_HOME"])
     monkeypatch.delenv("ZOO_DEBUG", raising=False)
@@ -185,7 +185,7 @@ def test_user_error_through_main_exits_2(env, monkeypatch, capsys):
 
 
 def test_default_run_names_are_always_valid(tmp_path):
-    from zoo.runs import check_run_name, new_run_name
+    from zoo.store.runs import check_run_name, new_run_name
 
     for model in ("hf-hub:timm/resnet18.a1_in1k", "../../x", "résnet 50", "...", "a" * 300):
         assert check_run_name(new_run_name(model, tmp_path)) == new_run_name(model, tmp_path)

@@ -9,13 +9,14 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import make_dataset
-from zoo.dataset import scan_dataset
+from zoo.data.dataset import scan_dataset
 from zoo.errors import WeightsNotFoundError, ZooError
-from zoo.recipes import EarlyStopping, load_recipe
-from zoo.registry import build_model, check_model_name, preprocessing_of
-from zoo.splits import cross_validation_folds, get_split, make_split
-from zoo.training import EarlyStopper, pooled_features
-from zoo.weights import create_pretrained, local_weights
+from zoo.train.recipes import EarlyStopping, load_recipe
+from zoo.models.factory import build_model, check_model_name, preprocessing_of
+from zoo.data.splits import cross_validation_folds, get_split, make_split
+from zoo.models.inference import pooled_features
+from zoo.train.trainer import EarlyStopper
+from zoo.models.weights import create_pretrained, local_weights
 
 
 def test_split_is_stratified_deterministic_and_keeps_duplicates_together(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from zoo.cache import DecodeCache
+from zoo.data.cache import DecodeCache
 from zoo.cli import app
-from zoo.dataset import scan_dataset
-from zoo.predictor import load_predictor
-from zoo.registry import Preprocessing
-from zoo.runs import load_predictions, read_meta
+from zoo.data.dataset import scan_dataset
+from zoo.evaluate.predictor import load_predictor
+from zoo.data.preprocessing import Preprocessing
+from zoo.store.runs import load_predictions, read_meta
 
 RUN_FILES = ["model.safetensors", "meta.json", "config.yaml", "history.csv",
              "predictions/val.npz", "predictions/test.npz", "plots/learning_curves.png",

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from zoo.cli import app
-from zoo.leaderboard import record
-from zoo.runs import save_predictions, write_meta
+from zoo.store.leaderboard import record
+from zoo.store.runs import save_predictions, write_meta
 
 CLASSES = ["biotite", "pyrite", "quartz"]
 

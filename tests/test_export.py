@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers_eval import invoke, private_copy
 
-from zoo import export as zoo_export
-from zoo.cache import decode_array
-from zoo.predictor import load_predictor
-from zoo.runs import load_predictions, read_meta, write_meta
+from zoo.evaluate import export as zoo_export
+from zoo.data.cache import decode_array
+from zoo.evaluate.predictor import load_predictor
+from zoo.store.runs import load_predictions, read_meta, write_meta
 
 onnx = pytest.importorskip("onnx")  # the optional `export` extra
 ort = pytest.importorskip("onnxruntime")

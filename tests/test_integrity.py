@@ -19,12 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_dataset
-from zoo import leaderboard as lb
+from zoo.store import leaderboard as lb
 from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.fileio import atomic_path, write_json
-from zoo.recipes import dump_recipe, load_recipe
-from zoo.runs import load_predictions, load_weights, save_predictions
+from zoo.train.recipes import dump_recipe, load_recipe
+from zoo.store.runs import load_predictions, load_weights, save_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "zoo").rglob("*.py")) + sorted((ROOT / "ensembles").rglob("*.py"))
@@ -268,7 +268,7 @@ def test_fake_safetensors_is_refused_without_unpickling(tmp_path):
 
 
 def test_load_predictor_refuses_fake_checkpoint(tmp_path):
-    from zoo.predictor import load_predictor
+    from zoo.evaluate.predictor import load_predictor
 
     marker = tmp_path / "PWNED"
     evil_run(tmp_path / "runs", marker)

@@ -25,7 +25,7 @@ def test_wheel_ships_recipes_where_the_installed_zoo_finds_them(tmp_path: Path) 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "zoo" / "serve" / "static" / "index.html").is_file()
-    code = "from zoo.recipes import list_recipes; print(' '.join(sorted(list_recipes())))"
+    code = "from zoo.train.recipes import list_recipes; print(' '.join(sorted(list_recipes())))"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": ""}, check=True).stdout.split()
     assert {p.stem for p in (ROOT / "recipes").glob("*.yaml")} <= set(out)

@@ -7,9 +7,9 @@ import torch
 from helpers_training import random_split
 
 from zoo.errors import ZooError
-from zoo.recipes import Recipe
-from zoo.registry import build_model, preprocessing_of
-from zoo.training import Trainer, leading_groups
+from zoo.train.recipes import Recipe
+from zoo.models.factory import build_model, preprocessing_of
+from zoo.train.trainer import Trainer, leading_groups
 
 SIZE, CLASSES = 32, 3
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability,
+from zoo.report.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability,
                        plot_top_losses)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers_eval import invoke, private_copy
 
-from zoo.imaging import load_image
-from zoo.predictor import load_predictor
+from zoo.data.imaging import load_image
+from zoo.evaluate.predictor import load_predictor
 
 
 @pytest.fixture

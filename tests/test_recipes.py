@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zoo.cli import app
-from zoo.recipes import load_recipe
+from zoo.train.recipes import load_recipe
 
 GOOD = "model: {name: custom_cnn, pretrained: false}\n"
 

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from zoo import tables
+from zoo.report import tables
 
 ROWS = [{"kind": "model", "name": "tf_efficientnet_lite0-1", "model": "tf_efficientnet_lite0",
          "test_accuracy": 0.8944, "val_accuracy": 0.9366, "macro_f1": 0.8977, "test_nll": 0.2998,

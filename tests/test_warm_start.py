@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 from helpers_training import random_split
 
-from zoo.recipes import Recipe
-from zoo.registry import build_model, preprocessing_of
-from zoo.training import SplitArrays, Stage, Trainer, pooled_features, predict_logits
-from zoo.transforms import to_tensor
+from zoo.train.recipes import Recipe
+from zoo.models.factory import build_model, preprocessing_of
+from zoo.models.inference import pooled_features, predict_logits
+from zoo.train.trainer import SplitArrays, Stage, Trainer
+from zoo.data.transforms import to_tensor
 
 SIZE, CLASSES, N_TRAIN, N_VAL = 32, 3, 20, 6
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from helpers_training import random_split
 
-from zoo.recipes import Recipe
-from zoo.registry import build_model, preprocessing_of
-from zoo.resume import load_state, save_state
-from zoo.training import ResumeState, Trainer
+from zoo.train.recipes import Recipe
+from zoo.models.factory import build_model, preprocessing_of
+from zoo.train.resume import load_state, save_state
+from zoo.train.trainer import ResumeState, Trainer
 
 SIZE, CLASSES, DECAY = 32, 3, 0.6
 

@@ -30,8 +30,8 @@ def leaderboard(
       zoo leaderboard --format json > board.json
       zoo leaderboard --on museum-test
     """
-    from zoo import leaderboard as lb
-    from zoo.tables import render_rows
+    from zoo.store import leaderboard as lb
+    from zoo.report.tables import render_rows
 
     if rebuild:
         err.print(f"rebuilt {lb.rebuild()} rows from run folders")
@@ -52,9 +52,9 @@ def models(all_: bool = typer.Option(False, "--all", help="List every timm archi
     """
     import timm
 
-    from zoo.recipes import list_recipes, load_recipe
-    from zoo.registry import zoo_model_names
-    from zoo.weights import availability
+    from zoo.train.recipes import list_recipes, load_recipe
+    from zoo.models.registry import zoo_model_names
+    from zoo.models.weights import availability
 
     if all_:
         for name in timm.list_models():

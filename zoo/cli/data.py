@@ -11,8 +11,8 @@ from zoo.console import out
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:
-    from zoo.dataset import DatasetIndex
-    from zoo.splits import Split
+    from zoo.data.dataset import DatasetIndex
+    from zoo.data.splits import Split
 
 
 @data_app.command("check")
@@ -22,8 +22,8 @@ def data_check(data: Optional[str] = DataOpt) -> None:
     [bold]Examples[/]
       zoo data check --data ~/photos/minerals
     """
-    from zoo.dataset import resolve_data_root, scan_dataset
-    from zoo.splits import get_split
+    from zoo.data.dataset import resolve_data_root, scan_dataset
+    from zoo.data.splits import get_split
 
     index = scan_dataset(resolve_data_root(data))
     try:
@@ -35,7 +35,7 @@ def data_check(data: Optional[str] = DataOpt) -> None:
 
 
 def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:
-    from zoo.dataset import shown
+    from zoo.data.dataset import shown
 
     table = Table(title=Text(f"{shown(index.name)}: {len(index.items)} readable images"))
     for col in ("class", "images", "train", "val", "test"):
@@ -56,7 +56,7 @@ def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Delete the decode cache (it is rebuilt on the next run)."""
-    from zoo.cache import DecodeCache
+    from zoo.data.cache import DecodeCache
 
     cache = DecodeCache()
     out.print(f"freed {cache.clear() / 1e6:.1f} MB from {cache.root}")

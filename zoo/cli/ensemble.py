@@ -26,8 +26,8 @@ def ensemble(
       zoo ensemble --top 3 --method weighted
       zoo ensemble --members all --method stack --name stacked
     """
-    from zoo.ensembling import build_ensemble, select_members
-    from zoo.runs import read_meta, runs_home
+    from zoo.train.ensemble import build_ensemble, select_members
+    from zoo.store.runs import read_meta, runs_home
 
     home = runs_home()
     path = build_ensemble(select_members(members, top, home), method, name, home)

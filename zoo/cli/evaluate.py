@@ -44,8 +44,8 @@ def evaluate(
       zoo evaluate custom_cnn-1 --tta
       zoo evaluate ensemble-soft-1 --data ~/photos/museum-test
     """
-    from zoo.evaluation import evaluate as run_evaluation
-    from zoo.evaluation import save_evaluation, write_plots
+    from zoo.evaluate.evaluation import evaluate as run_evaluation
+    from zoo.evaluate.evaluation import save_evaluation, write_plots
 
     _check_format(format, ("table", "json"))
     with reporting(quiet or format == "json") as rep:
@@ -117,8 +117,8 @@ def predict(
       zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
       zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
     """
-    from zoo.evaluation import predict_files, visible_files
-    from zoo.predictor import load_predictor
+    from zoo.evaluate.evaluation import predict_files, visible_files
+    from zoo.evaluate.predictor import load_predictor
 
     _check_format(format, FORMATS)
     predictor = load_predictor(run)
@@ -180,7 +180,7 @@ def export(
       zoo export custom_cnn-1 --format onnx
       zoo export tf_efficientnet_lite0-1 --format torchscript
     """
-    from zoo.export import export_run
+    from zoo.evaluate.export import export_run
 
     result = export_run(run, format)
     out.print(f"[bold green]exported[/] {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)",
@@ -196,6 +196,6 @@ def report(run: str = typer.Argument(..., help="Run or ensemble name.")) -> None
     [bold]Examples[/]
       zoo report custom_cnn-1
     """
-    from zoo.report import write_report
+    from zoo.report.html import write_report
 
     print(write_report(run))

@@ -29,9 +29,9 @@ def train(
       zoo train resnet50 --weights ~/weights/resnet50.safetensors
       zoo train convnext_tiny --set model.pretrained=false --name convnext-scratch
     """
-    from zoo.experiment import TrainOptions, train as run_training
-    from zoo.recipes import load_recipe
-    from zoo.runs import check_run_name
+    from zoo.train.run import TrainOptions, train as run_training
+    from zoo.train.recipes import load_recipe
+    from zoo.store.runs import check_run_name
 
     if resume and set_:
         raise ZooError("--resume continues a run with its own saved recipe; drop --set.")
@@ -47,7 +47,7 @@ def train(
 
 
 def _print_run_summary(path: Path, quiet: bool) -> None:
-    from zoo.runs import read_meta
+    from zoo.store.runs import read_meta
 
     meta = read_meta(path)
     test, val = meta["metrics"]["test"], meta["metrics"]["val"]

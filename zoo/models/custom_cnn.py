@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from zoo.errors import UnreadableImageError
-from zoo.imaging import load_image
+from zoo.data.imaging import load_image
 
 STATIC_DIR = Path(__file__).parent / "static"
 TOP_K = 3
@@ -52,7 +52,7 @@ PREDICT_BODY_SCHEMA = {
 
 
 class Predictor(Protocol):
-    """What the app needs from `zoo.predictor.load_predictor(...)`."""
+    """What the app needs from `zoo.evaluate.predictor.load_predictor(...)`."""
 
     name: str
     classes: list[str]

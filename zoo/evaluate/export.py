@@ -22,14 +22,14 @@ import torch
 import torch.nn as nn
 
 from zoo import __version__
-from zoo.cache import decode_array
-from zoo.calibration import _EPS
+from zoo.data.cache import decode_array
+from zoo.evaluate.calibration import _EPS
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.fileio import atomic_path
-from zoo.predictor import ModelPredictor, load_predictor
-from zoo.registry import Preprocessing
-from zoo.runs import load_predictions, read_meta, run_dir
-from zoo.transforms import eval_array
+from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.data.preprocessing import Preprocessing
+from zoo.store.runs import load_predictions, read_meta, run_dir
+from zoo.data.transforms import eval_array
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4

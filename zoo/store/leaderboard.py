@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from zoo.console import err
 from zoo.errors import ZooError
-from zoo.runs import read_meta, run_names, runs_home
+from zoo.store.runs import read_meta, run_names, runs_home
 
 COLUMNS = {
     "name": "TEXT PRIMARY KEY", "kind": "TEXT", "model": "TEXT", "dataset": "TEXT",

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.cache import decode_array
-from zoo.calibration import TemperatureScaler, expected_calibration_error
+from zoo.data.cache import decode_array
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.fileio import atomic_path, write_json
-from zoo.imaging import load_image
-from zoo.leaderboard import record_evaluation
-from zoo.metrics import classification_metrics
-from zoo.predictor import ModelPredictor, load_predictor
-from zoo.runs import load_predictions, read_meta, run_dir
-from zoo.splits import splits_dir
-from zoo.tta import TTA_VIEWS
+from zoo.data.imaging import load_image
+from zoo.store.leaderboard import record_evaluation
+from zoo.evaluate.metrics import classification_metrics
+from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.store.runs import load_predictions, read_meta, run_dir
+from zoo.data.splits import splits_dir
+from zoo.data.tta import TTA_VIEWS
 
 SPLIT_STEM = "test-split"  # file name of evaluations on the run's own test split
 CHUNK = 64                 # photos decoded and predicted at a time (bounded memory)
@@ -330,7 +330,7 @@ def _thumbnail(path: Path):
 
 def write_plots(ev: Evaluation, home: Path | None = None) -> list[Path]:
     """Top-losses grid (needs the photos) and, for stored evaluations, a confusion matrix."""
-    from zoo.plots import plot_confusion_matrix, plot_top_losses
+    from zoo.report.plots import plot_confusion_matrix, plot_top_losses
 
     plots = run_dir(ev.run, home) / "plots"
     suffix = f"_{ev.stem}" if ev.stored else ""

@@ -2,7 +2,7 @@
 
 Each model brings its own preprocessing and calibration, so an ensemble can mix models that
 want different image sizes and normalisations. ``tta=True`` averages the probabilities of the
-views in ``zoo.tta`` (each model builds them with its own preprocessing).
+views in ``zoo.data.tta`` (each model builds them with its own preprocessing).
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.calibration import TemperatureScaler
+from zoo.evaluate.calibration import TemperatureScaler
 from zoo.errors import ZooError
-from zoo.registry import Preprocessing, build_model
-from zoo.runs import load_weights, read_meta, run_dir
-from zoo.training import predict_logits
-from zoo.transforms import to_tensor
-from zoo.tta import TTA_VIEWS, tta_views
+from zoo.data.preprocessing import Preprocessing
+from zoo.models.factory import build_model
+from zoo.store.runs import load_weights, read_meta, run_dir
+from zoo.models.inference import predict_logits
+from zoo.data.transforms import to_tensor
+from zoo.data.tta import TTA_VIEWS, tta_views
 
 TTA_CHUNK = 32  # photos per TTA batch (x5 views)
 

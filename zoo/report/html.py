@@ -10,8 +10,8 @@ from html import escape
 from pathlib import Path
 
 from zoo.fileio import write_text
-from zoo.leaderboard import stored_evaluations
-from zoo.runs import read_meta, run_dir
+from zoo.store.leaderboard import stored_evaluations
+from zoo.store.runs import read_meta, run_dir
 
 METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
            ("macro_f1", "macro-F1"), ("nll", "NLL"), ("ece", "ECE (calibrated)"),

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.errors import UnreadableImageError, ZooError
-from zoo.imaging import load_image
+from zoo.data.imaging import load_image
 
 DEFAULT_DATA = "data/minerals"
 

@@ -111,7 +111,7 @@ class Recipe(_Strict):
 
 def recipe_dirs() -> list[Path]:
     dirs = [Path(os.environ["ZOO_RECIPES"])] if os.environ.get("ZOO_RECIPES") else []
-    return dirs + [Path("recipes"), Path(__file__).resolve().parent.parent / "recipes"]
+    return dirs + [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
 
 
 def find_recipe(name: str) -> Path | None:
@@ -226,7 +226,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
 
 def _check_model(recipe: Recipe, source: str, from_file: bool) -> None:
     """Unknown model names fail here, naming the recipe and the closest known names."""
-    from zoo.registry import check_model_name
+    from zoo.models.factory import check_model_name
 
     try:
         check_model_name(recipe.model.name)

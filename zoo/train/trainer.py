@@ -29,9 +29,10 @@ from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 
 from zoo.errors import ZooError
-from zoo.recipes import EarlyStopping, Recipe
-from zoo.registry import Preprocessing
-from zoo.transforms import build_train_transform, eval_array, to_tensor
+from zoo.train.recipes import EarlyStopping, Recipe
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.transforms import build_train_transform, eval_array, to_tensor
+from zoo.models.inference import pooled_features, predict_logits
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -371,20 +372,3 @@ def leading_groups(model: nn.Module, n: int) -> list[nn.Module]:
                        f"{type(model).__name__} has {len(groups) - 1} layer groups before its "
                        f"head; use fewer, or train.epochs=0 for a head-only model.")
     return [model.get_submodule(name) for group in groups[:n] for name in group]
-
-
-def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of the classifier (timm's ``forward_head(pre_logits=True)``)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
-                   batch_size: int = 32, channels_last: bool = True) -> torch.Tensor:
-    """Logits for decoded photos, with the eval transform (resize, centre crop)."""
-    model.eval()
-    out = []
-    for start in range(0, len(arrays), batch_size):
-        views = [eval_array(a, pre) for a in arrays[start:start + batch_size]]
-        out.append(model(to_tensor(views, pre, channels_last)).float())
-    return torch.cat(out) if out else torch.empty(0)

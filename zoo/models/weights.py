@@ -14,7 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zoo.errors import WeightsNotFoundError, ZooError
-from zoo.registry import build_model, is_zoo_model
+from zoo.models.factory import build_model
+from zoo.models.registry import is_zoo_model
 
 HUB_HOST = ("huggingface.co", 443)
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zoo.calibration import expected_calibration_error, reliability_bins  # noqa: E402
+from zoo.evaluate.calibration import expected_calibration_error, reliability_bins  # noqa: E402
 
 _DPI = 100
 

@@ -1,7 +1,7 @@
 """``zoo ensemble``: combine finished runs' stored probabilities into a first-class ensemble run.
 
 Weights and meta-learners are fitted on validation probabilities only; test probabilities are
-only scored. Predicting new photos runs every member (see ``zoo.predictor``).
+only scored. Predicting new photos runs every member (see ``zoo.evaluate.predictor``).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ensembles import create_method
-from zoo.calibration import TemperatureScaler
+from zoo.evaluate.calibration import TemperatureScaler
 from zoo.errors import ZooError
-from zoo.leaderboard import record, rows
-from zoo.metrics import classification_metrics
-from zoo.runs import load_predictions, new_run_name, read_meta, run_dir, save_predictions, write_meta
+from zoo.store.leaderboard import record, rows
+from zoo.evaluate.metrics import classification_metrics
+from zoo.store.runs import load_predictions, new_run_name, read_meta, run_dir, save_predictions, write_meta
 
 
 def select_members(spec: str | None, top: int | None, home: Path) -> list[str]:

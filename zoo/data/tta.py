@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from zoo.imaging import resize_short_side
-from zoo.registry import Preprocessing
-from zoo.transforms import center_crop
+from zoo.data.imaging import resize_short_side
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.transforms import center_crop
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot90", "wide")
 

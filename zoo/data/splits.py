@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.dataset import DatasetIndex, Item
+from zoo.data.dataset import DatasetIndex, Item
 from zoo.errors import ZooError
 from zoo.fileio import write_json
 

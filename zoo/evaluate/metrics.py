@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              log_loss, precision_recall_fscore_support)
 
-from zoo.calibration import expected_calibration_error
+from zoo.evaluate.calibration import expected_calibration_error
 
 EPS = 1e-7
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from zoo.errors import ZooError
 from zoo.fileio import atomic_path
-from zoo.training import ResumeState
+from zoo.train.trainer import ResumeState
 
 STATE_DIR = "resume"
 STATE_FILE = "state.safetensors"

@@ -13,22 +13,24 @@ import torch
 import torch.nn as nn
 
 from zoo import __version__
-from zoo.cache import DecodeCache
-from zoo.calibration import TemperatureScaler
+from zoo.data.cache import DecodeCache
+from zoo.evaluate.calibration import TemperatureScaler
 from zoo.console import Reporter
-from zoo.dataset import DatasetIndex, resolve_data_root, scan_dataset
+from zoo.data.dataset import DatasetIndex, resolve_data_root, scan_dataset
 from zoo.errors import ZooError
 from zoo.fileio import write_text
-from zoo.leaderboard import record
-from zoo.metrics import classification_metrics
-from zoo.recipes import Recipe, dump_recipe
-from zoo.registry import Preprocessing, build_model, count_params, preprocessing_of
-from zoo.resume import clear_state, load_state, save_state
-from zoo.runs import (new_run_name, read_meta, run_dir, runs_home, save_predictions, save_weights,
+from zoo.store.leaderboard import record
+from zoo.evaluate.metrics import classification_metrics
+from zoo.train.recipes import Recipe, dump_recipe
+from zoo.data.preprocessing import Preprocessing
+from zoo.models.factory import build_model, count_params, preprocessing_of
+from zoo.train.resume import clear_state, load_state, save_state
+from zoo.store.runs import (new_run_name, read_meta, run_dir, runs_home, save_predictions, save_weights,
                       write_history, write_meta)
-from zoo.splits import Split, get_split
-from zoo.training import SplitArrays, Trainer, predict_logits
-from zoo.weights import create_pretrained
+from zoo.data.splits import Split, get_split
+from zoo.models.inference import predict_logits
+from zoo.train.trainer import SplitArrays, Trainer
+from zoo.models.weights import create_pretrained
 
 
 RANDOM_INIT = "random init (model.pretrained=false)"
@@ -175,7 +177,7 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
                history: list[dict], batch_size: int) -> None:
     """Score val and test, calibrate on val, save weights, predictions, plots; rank the run."""
-    from zoo.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
+    from zoo.report.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
 
     classes = meta["classes"]
     val, test = data.parts["val"], data.parts["test"]

@@ -13,8 +13,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zoo.errors import ZooError  # noqa: E402
-from zoo.imaging import resize_short_side  # noqa: E402
-from zoo.registry import Preprocessing  # noqa: E402
+from zoo.data.imaging import resize_short_side  # noqa: E402
+from zoo.data.preprocessing import Preprocessing  # noqa: E402
 
 _SIZED = {"RandomResizedCrop", "RandomCrop", "CenterCrop", "Resize", "RandomSizedCrop"}
 

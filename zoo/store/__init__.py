@@ -1,0 +1,2 @@
+"""Store: run folders (meta, weights, predictions) and the SQLite leaderboard. May import the
+ground modules and ``zoo.data``."""
