@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.fileio import atomic_path
+from zoo.paths import runs_home
 from zoo.data.imaging import load_image, resize_short_side
 
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
@@ -30,8 +31,6 @@ DECODER_VERSION = 2
 
 
 def cache_root() -> Path:
-    from zoo.store.runs import runs_home
-
     return Path(os.environ.get("ZOO_CACHE_DIR") or runs_home() / ".cache")
 
 

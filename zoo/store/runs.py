@@ -8,7 +8,6 @@ import csv
 import difflib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,14 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zoo.errors import ZooError
+from zoo.paths import runs_home  # noqa: F401  (re-exported for the store's callers)
 from zoo.fileio import atomic_path, write_json
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SPLIT_NAMES = ("val", "test")
-
-
-def runs_home() -> Path:
-    return Path(os.environ.get("ZOO_HOME") or "runs")
 
 
 def check_run_name(name: str) -> str:
