@@ -140,3 +140,13 @@ def test_early_stopper_patience_and_min_delta() -> None:
     assert up.step(0.6, 0.8)          # same accuracy, lower validation loss: a new best
     assert not up.step(0.6, 0.85)     # same accuracy, higher loss: not better
     assert up.should_stop
+
+
+def test_registry_refuses_a_duplicate_name() -> None:
+    from zoo.models.registry import register_model
+
+    def custom_cnn(num_classes: int = 7):  # same name as the built-in
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(custom_cnn)

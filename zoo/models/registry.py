@@ -1,8 +1,8 @@
 """The zoo's model registry, a leaf module (imports nothing of zoo), as timm's ``_registry.py``.
 
-A new architecture is one decorated function in ``zoo/models/`` (see ``custom_cnn.py``); importing
-``zoo.models`` registers the built-in ones. A second function with the same name is an error, as in
-torchvision's ``register_model``.
+A new architecture is one decorated function in a file of ``zoo/models/architectures/`` (see
+``custom_cnn.py``); importing ``zoo.models`` registers them all. A second function with the same
+name is an error, as in torchvision's ``register_model``.
 """
 from __future__ import annotations
 
