@@ -1,12 +1,14 @@
-"""Atomic writes: a crash never leaves a half-written checkpoint, JSON or prediction file."""
+"""Safe file access: atomic writes (a crash never leaves a half-written checkpoint, JSON or
+prediction file) and bounded reads (only regular files, never more than a set size)."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from zoo.errors import ZooError
 
@@ -71,3 +73,25 @@ def write_json(path: Path, data: object) -> None:
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path, durable=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def open_regular(path: str | Path, max_bytes: int | None = None) -> BinaryIO:
+    """``path`` opened for reading, after checking (on the open file, so nothing can swap it) that
+    it is a regular file of at most ``max_bytes``: pipes, devices and sockets (a read could block
+    forever) and oversized files (a read could exhaust memory) are refused with a ZooError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ZooError(f"{path}: not a regular file (a pipe, socket or device); refusing to read it.")
+    if max_bytes is not None and info.st_size > max_bytes:
+        os.close(fd)
+        raise ZooError(f"{path}: {info.st_size:,} bytes, over the {max_bytes:,}-byte limit for "
+                       "this kind of file; refusing to read it.")
+    return os.fdopen(fd, "rb")
+
+
+def read_text(path: str | Path, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (see ``open_regular``)."""
+    with open_regular(path, max_bytes) as fh:
+        return fh.read(max_bytes + 1).decode("utf-8")

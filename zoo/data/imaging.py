@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
-import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -11,8 +9,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from zoo.errors import UnreadableImageError
+from zoo.errors import UnreadableImageError, ZooError
+from zoo.fileio import open_regular
 
+# Largest photo file we agree to read (bytes): far above any camera's JPEG, far below memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 # Largest image we agree to decode (pixels). The biggest real photo seen is 6016 x 6016 (36 MP);
 # anything larger than this is refused as a possible decompression bomb before it is decoded.
 MAX_PIXELS = 64_000_000
@@ -59,15 +60,6 @@ def _decode(fp: BinaryIO, min_side: int | None) -> Image.Image:
         return _to_rgb(_exif_transposed(img))
 
 
-def _open(path: str | Path) -> BinaryIO:
-    """A regular file opened for reading; pipes and devices (reads could block forever) are refused."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnreadableImageError(f"{path}: not a regular file (a pipe, socket or device)")
-    return os.fdopen(fd, "rb")
-
-
 def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with EXIF orientation applied.
 
@@ -77,10 +69,12 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     """
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
-        with io.BytesIO(source) if isinstance(source, bytes) else _open(source) as fp:
+        with io.BytesIO(source) if isinstance(source, bytes) else open_regular(source, MAX_FILE_BYTES) as fp:
             return _decode(fp, min_side)
     except UnreadableImageError:
         raise
+    except ZooError as exc:  # not a regular file, or too large to read
+        raise UnreadableImageError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise UnreadableImageError(f"{name}: file not found") from exc
     except (IsADirectoryError, PermissionError) as exc:
