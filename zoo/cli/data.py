@@ -48,11 +48,11 @@ def data_fetch(name: str = typer.Argument(..., help="Dataset to download: minet.
     from zoo.data.fetch import fetch
 
     res = fetch(name, to, quiet)
-    lines = [f"{len(res.downloaded) + len(res.kept)} files ({res.size / 1e6:.1f} MB) in {res.root}: "
-             f"{len(res.downloaded)} downloaded, {len(res.kept)} already there"]
+    lines = [f"{len(res.downloaded) + len(res.kept)} files ({res.size / 1e6:.1f} MB) in "
+             f"{res.root}: {len(res.downloaded)} downloaded, {len(res.kept)} already there"]
     if res.absent:
-        lines.append(f"{len(res.absent)} file(s) listed but not served by the source (known gaps): "
-                     + ", ".join(e.name for e in res.absent))
+        lines.append(f"{len(res.absent)} file(s) not served by the source (known gaps, tried again "
+                     "on the next run): " + ", ".join(sorted(e.name for e in res.absent)))
     lines += [f"Licence: {res.source.licence}", f"Use it with --data {res.root} (or ZOO_DATA)."]
     out.print("\n".join(lines), highlight=False, markup=False)
 

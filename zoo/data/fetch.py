@@ -1,7 +1,7 @@
 """Download a pinned public dataset (``zoo data fetch``): resumable, atomic and checked per file.
 
 The file list comes from GitHub's tree API at the pinned commit (path, size and git blob sha1 of
-every file) and is kept beside the photos, so a re-run needs the network only for missing files.
+every file) and is kept beside the photos, so a re-run asks the network only for files it lacks.
 Each file is downloaded from raw.githubusercontent.com, checked against its size and blob sha1,
 and only then renamed into place: a file that looks complete is complete. A re-run keeps files
 that still check out and downloads the rest again (missing, truncated or corrupted ones).
@@ -37,11 +37,7 @@ _HINTS = {404: "not found: the source may have moved or been deleted",
 
 
 class FetchError(ZooError):
-    """A download that failed; ``status`` is the HTTP status when the server answered."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    """A download or file list that failed (``fetch`` adds what to do)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class FetchResult:
     root: Path
     downloaded: list[Entry] = field(default_factory=list)
     kept: list[Entry] = field(default_factory=list)
-    absent: list[Entry] = field(default_factory=list)  # known gaps the source does not serve
+    absent: list[Entry] = field(default_factory=list)  # known gaps the source did not serve
 
     @property
     def size(self) -> int:
@@ -84,12 +80,12 @@ def fetch(name: str, dest: str | Path | None = None, quiet: bool = False) -> Fet
     try:
         return _fetch(FetchResult(name, source, root), quiet)
     except FetchError as exc:
-        raise FetchError(f"{exc}\n{advice(name, source)}", exc.status) from exc
+        raise FetchError(f"{exc}\n{_advice(name, source)}") from exc
 
 
 def _fetch(result: FetchResult, quiet: bool) -> FetchResult:
     source, name = result.source, result.name
-    entries = listing(source, result.root)
+    entries = _listing(source, result.root)
     with transfer_progress(quiet) as bar:
         task = bar.add_task(name, total=sum(e.size for e in entries), files=f"0/{len(entries)}")
         jobs = [_job(source, result.root, e, lambda n: bar.advance(task, n)) for e in entries]
@@ -103,38 +99,38 @@ def _host(default: str) -> str:
     return os.environ.get(MIRROR_ENV, "").rstrip("/") or default
 
 
-def tree_url(source: Source) -> str:
+def _tree_url(source: Source) -> str:
     return f"{_host(API)}/repos/{source.repo}/git/trees/{source.commit}?recursive=1"
 
 
-def file_url(source: Source, entry: Entry) -> str:
+def _file_url(source: Source, entry: Entry) -> str:
     return f"{_host(RAW)}/{source.repo}/{source.commit}/{quote(f'{source.path}/{entry.name}')}"
 
 
-def listing(source: Source, root: Path) -> list[Entry]:
+def _listing(source: Source, root: Path) -> list[Entry]:
     """The dataset's files at the pinned commit: from the copy kept in ``root``, else the API."""
     kept = root / LISTING
     try:
         data = json.loads(kept.read_text(encoding="utf-8"))
         if data.get("commit") == source.commit:
-            return parse_tree(data, source, str(kept))
+            return _parse_tree(data, source, str(kept))
     except (OSError, ValueError, AttributeError, FetchError):
         pass  # none yet, or unusable: ask the source again
-    url = tree_url(source)
-    entries = parse_tree(_json(url), source, url)
+    url = _tree_url(source)
+    entries = _parse_tree(_json(url), source, url)
     write_json(kept, {"repo": source.repo, "commit": source.commit, "tree": [
         {"path": f"{source.path}/{e.name}", "type": "blob", "size": e.size, "sha": e.sha}
         for e in entries]})
     return entries
 
 
-def parse_tree(data: dict, source: Source, where: str) -> list[Entry]:
+def _parse_tree(data: dict, source: Source, where: str) -> list[Entry]:
     """The ``<class>/<file>`` blobs under ``source.path`` in a tree-API answer, with the
     pinned number of files per class (anything else means the answer is not this dataset)."""
     prefix = source.path.rstrip("/") + "/"
     try:
-        blobs = [(item["path"][len(prefix):], int(item["size"]), str(item["sha"]))
-                 for item in data["tree"] if item["type"] == "blob" and item["path"].startswith(prefix)]
+        blobs = [(item["path"][len(prefix):], int(item["size"]), str(item["sha"])) for item in
+                 data["tree"] if item["type"] == "blob" and item["path"].startswith(prefix)]
     except (KeyError, TypeError, ValueError) as exc:
         raise FetchError(f"{where} did not answer with a GitHub file tree ({exc!r}).") from exc
     entries = [Entry(name, size, sha) for name, size, sha in blobs if _usable(name)]
@@ -162,9 +158,9 @@ def _job(source: Source, root: Path, entry: Entry,
             advance(entry.size)
             return entry, "kept"
         try:
-            body = _download(file_url(source, entry), entry, advance)
+            body = _download(_file_url(source, entry), entry, advance)
         except FetchError as exc:
-            if exc.status == 404 and entry.name in source.may_be_absent:
+            if entry.name in source.may_be_absent:  # reported, and tried again on the next run
                 return entry, "absent"
             raise
         with atomic_path(target) as tmp:
@@ -228,9 +224,10 @@ def _open(url: str) -> http.client.HTTPResponse:
         return urlopen(Request(url, headers={"User-Agent": "mineral-zoo"}), timeout=TIMEOUT_S)
     except HTTPError as exc:
         reason = _HINTS.get(exc.code, exc.reason)
-        raise FetchError(f"Download failed: {url}: HTTP {exc.code} ({reason}).", exc.code) from exc
+        raise FetchError(f"Download failed: {url}: HTTP {exc.code} ({reason}).") from exc
     except (URLError, OSError, http.client.HTTPException) as exc:
-        raise FetchError(f"Download failed: {url}: cannot connect ({getattr(exc, 'reason', exc)}).") from exc
+        reason = getattr(exc, "reason", exc)
+        raise FetchError(f"Download failed: {url}: cannot connect ({reason}).") from exc
 
 
 def _read(resp: http.client.HTTPResponse, url: str) -> bytes:
@@ -240,7 +237,7 @@ def _read(resp: http.client.HTTPResponse, url: str) -> bytes:
         raise FetchError(f"Download failed: {url}: connection lost ({exc!r}).") from exc
 
 
-def advice(name: str, source: Source) -> str:
+def _advice(name: str, source: Source) -> str:
     """What to do when a fetch fails: run it again, or download the photos by hand."""
     return (f"Check the network (or {MIRROR_ENV}) and run `zoo data fetch {name}` again: it keeps "
             f"the files already checked. Or download the photos by hand from https://github.com/"
