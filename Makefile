@@ -20,8 +20,15 @@ test: install
 	ZOO_TEST_DATA=$${ZOO_TEST_DATA:-$(DATA)} ZOO_TEST_WEIGHTS=$${ZOO_TEST_WEIGHTS:-$(WEIGHTS)} \
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Photos: ZOO_DATA, else $(DATA) when present, else `zoo data fetch minet` into data/minet.
+# Weights: ZOO_WEIGHTS_DIR, else $(WEIGHTS) when present, else the Hugging Face hub.
 demo: install
-	export ZOO_DATA=$${ZOO_DATA:-$(DATA)} ZOO_WEIGHTS_DIR=$${ZOO_WEIGHTS_DIR:-$(WEIGHTS)}; \
+	if [ -z "$${ZOO_DATA:-}" ]; then \
+	  if [ -d "$(DATA)" ]; then ZOO_DATA="$(DATA)"; \
+	  else $(ZOO) data fetch minet || exit; ZOO_DATA=data/minet; fi; fi; \
+	if [ -z "$${ZOO_WEIGHTS_DIR:-}" ] && [ -d "$(WEIGHTS)" ]; then \
+	  export ZOO_WEIGHTS_DIR="$(WEIGHTS)"; fi; \
+	export ZOO_DATA; \
 	$(ZOO) data check && \
 	$(ZOO) train custom_cnn && \
 	$(ZOO) train tf_efficientnet_lite0 && \

@@ -5,8 +5,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 out = Console()
 err = Console(stderr=True)
@@ -46,6 +46,13 @@ def epoch_line(row: dict) -> str:
     return (f"[bold]{row['stage']:>8}[/] {row['epoch']:>3}  loss {row['train_loss']:.3f}  "
             f"val_loss {row['val_loss']:.3f}  val_acc {row['val_accuracy']:.3f}  "
             f"lr {row['lr']:.1e}  {row['seconds']:.1f}s{mark}")
+
+
+def transfer_progress(quiet: bool = False) -> Progress:
+    """A download bar on stderr: bytes, speed, and the ``files`` field of its task (``3/956``)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TextColumn("{task.fields[files]} files"),
+                    TimeRemainingColumn(), console=err, transient=True, disable=quiet)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ app = typer.Typer(cls=ZooGroup, no_args_is_help=True, rich_markup_mode="rich", a
                   help="mineral-zoo: train, rank and ensemble mineral classifiers from photos.\n\n"
                        "Data: a folder of class folders (--data or ZOO_DATA). Runs: ZOO_HOME "
                        "(default ./runs). Offline weights: ZOO_WEIGHTS_DIR.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and download datasets.")
 cache_app = typer.Typer(no_args_is_help=True, help="Manage the decode cache.")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")

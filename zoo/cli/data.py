@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+import typer
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.app import DataOpt, cache_app, data_app
+from zoo.cli.app import DataOpt, QuietOpt, cache_app, data_app
 from zoo.console import out
 from zoo.errors import ZooError
 
@@ -32,6 +33,28 @@ def data_check(data: Optional[str] = DataOpt) -> None:
         _report(index, None, [])  # the counts and skipped files explain the error that follows
         raise
     _report(index, split, notes)
+
+
+@data_app.command("fetch")
+def data_fetch(name: str = typer.Argument(..., help="Dataset to download: minet."),
+               to: Optional[str] = typer.Option(None, "--to", help="Folder; default data/NAME."),
+               quiet: bool = QuietOpt) -> None:
+    """Download a known public dataset, checking every file; run it again to resume.
+
+    [bold]Examples[/]
+      zoo data fetch minet
+      zoo data fetch minet --to ~/photos/minet
+    """
+    from zoo.data.fetch import fetch
+
+    res = fetch(name, to, quiet)
+    lines = [f"{len(res.downloaded) + len(res.kept)} files ({res.size / 1e6:.1f} MB) in "
+             f"{res.root}: {len(res.downloaded)} downloaded, {len(res.kept)} already there"]
+    if res.absent:
+        lines.append(f"{len(res.absent)} file(s) not served by the source (known gaps, tried again "
+                     "on the next run): " + ", ".join(sorted(e.name for e in res.absent)))
+    lines += [f"Licence: {res.source.licence}", f"Use it with --data {res.root} (or ZOO_DATA)."]
+    out.print("\n".join(lines), highlight=False, markup=False)
 
 
 def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:

@@ -48,7 +48,8 @@ def resolve_data_root(data: str | Path | None) -> Path:
     if not root.is_dir():
         raise ZooError(f"Dataset folder not found: {root}\n"
                        "Point --data (or the ZOO_DATA environment variable) at a folder of class "
-                       "folders, e.g. photos/quartz/001.jpg, photos/pyrite/002.jpg.")
+                       "folders, e.g. photos/quartz/001.jpg, photos/pyrite/002.jpg. To download "
+                       "the public minerals photos: zoo data fetch minet (then --data data/minet).")
     return root.resolve()
 
 
