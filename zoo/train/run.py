@@ -29,7 +29,8 @@ from zoo.store.runs import (new_run_name, read_meta, run_dir, runs_home, save_pr
                       write_history, write_meta)
 from zoo.data.splits import Split, get_split
 from zoo.models.inference import predict_logits
-from zoo.train.trainer import SplitArrays, Trainer
+from zoo.train.batches import SplitArrays
+from zoo.train.trainer import Trainer
 from zoo.models.weights import create_pretrained
 
 
@@ -186,7 +187,7 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
     metrics = {}
     for split, part in (("val", val), ("test", test)):
         probs = scaler.transform(raw[split])
-        save_predictions(path, split, part.ids, part.labels, probs, probs_uncalibrated=raw[split])
+        save_predictions(path, split, part.paths, part.labels, probs, probs_uncalibrated=raw[split])
         metrics[split] = classification_metrics(part.labels, probs, classes)
         metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, raw[split], classes)["ece"]
     save_weights(path / "model.safetensors", model)
