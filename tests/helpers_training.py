@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo.train.trainer import SplitArrays
+from zoo.train.batches import SplitArrays
 
 
 def random_split(n: int, side: int, seed: int, classes: int = 3) -> SplitArrays:

@@ -1,11 +1,13 @@
-"""The per-epoch line fits one line of an 80-column terminal and carries every number."""
+"""The per-epoch line fits one line of an 80-column terminal and carries every number; the
+Reporter prints library text as it is, styling it itself."""
 from __future__ import annotations
 
 import io
 
 from rich.console import Console
+from rich.text import Text
 
-from zoo.console import epoch_line
+from zoo.console import Reporter, epoch_line
 
 
 def test_epoch_line_fits_80_columns_with_every_number() -> None:
@@ -18,3 +20,15 @@ def test_epoch_line_fits_80_columns_with_every_number() -> None:
     for text in ("finetune", "118", "loss 2.346", "val_loss 1.988", "val_acc 0.937", "lr 2.5e-04",
                  "345.7s", "*"):
         assert text in lines[0]
+
+
+def test_reporter_prints_plain_text_and_styles_it_itself() -> None:
+    buffer = io.StringIO()
+    rep = Reporter()
+    rep.progress.live.console = Console(file=buffer, width=80, force_terminal=True)
+    rep.log("run a-1: [bold] is text here", bold="a-1")
+    rep.note("skipped [x].png")
+    bold_run, dim_note = buffer.getvalue().splitlines()
+    assert Text.from_ansi(bold_run).plain == "run a-1: [bold] is text here"  # not markup
+    assert Text.from_ansi(dim_note).plain == "skipped [x].png"
+    assert bold_run.startswith("run \x1b[1ma-") and dim_note.startswith("\x1b[2mskipped")

@@ -15,6 +15,7 @@ from zoo.train.recipes import EarlyStopping, load_recipe
 from zoo.models.factory import build_model, check_model_name, preprocessing_of
 from zoo.data.splits import cross_validation_folds, get_split, make_split
 from zoo.models.inference import pooled_features
+from zoo.train.batches import FEATURE_VIEW_EPOCH, epoch_seed
 from zoo.train.trainer import EarlyStopper
 from zoo.models.weights import create_pretrained, local_weights
 
@@ -150,3 +151,9 @@ def test_registry_refuses_a_duplicate_name() -> None:
 
     with pytest.raises(ValueError, match="already registered"):
         register_model(custom_cnn)
+
+
+def test_epoch_seeds_are_those_saved_runs_were_trained_with() -> None:
+    assert epoch_seed(3, 4) == 3004  # shuffling and augmentation, any stage
+    assert epoch_seed(3, 4, stage=1) == 3104  # dropout in the second stage
+    assert epoch_seed(3, FEATURE_VIEW_EPOCH + 1) == 13_001  # the second cached-feature view

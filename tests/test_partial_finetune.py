@@ -84,7 +84,7 @@ def test_layer_decay_gives_earlier_layer_groups_smaller_learning_rates() -> None
     side = preprocessing_of(model, SIZE).resize_side
     trainer = Trainer(model, preprocessing_of(model, SIZE), recipe, random_split(8, side, 1),
                       random_split(4, side, 2))
-    opt = trainer._optimizer(trainer._finetune_stage())
+    opt = trainer.optimizer_for(trainer.finetune_stage())
     lr = {name: g["lr"] for name, p in model.named_parameters()
           for g in opt.param_groups if any(p is q for q in g["params"])}
     assert len(lr) == len(list(model.parameters()))  # every parameter trains

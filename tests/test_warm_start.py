@@ -14,7 +14,8 @@ from helpers_training import random_split
 from zoo.train.recipes import Recipe
 from zoo.models.factory import build_model, preprocessing_of
 from zoo.models.inference import pooled_features, predict_logits
-from zoo.train.trainer import SplitArrays, Stage, Trainer
+from zoo.train.batches import FEATURE_VIEW_EPOCH, SplitArrays
+from zoo.train.trainer import Stage, Trainer
 from zoo.data.transforms import to_tensor
 
 SIZE, CLASSES, N_TRAIN, N_VAL = 32, 3, 20, 6
@@ -57,10 +58,9 @@ def test_pooled_features_are_the_classifier_input(name: str) -> None:
 
 
 def _one_step(trainer: Trainer, stage: Stage) -> float:
-    """One optimisation step as ``Trainer._run`` sets it up (optimizer, schedule, modes)."""
-    opt = trainer._optimizer(stage)
-    sched = trainer._scheduler(opt, stage.n_batches)
-    return trainer._train_epoch(stage, 0, opt, sched)
+    """One optimisation step as a stage's first epoch runs it (optimizer, schedule, modes)."""
+    opt = trainer.optimizer_for(stage)
+    return trainer.train_epoch(stage, 0, opt, trainer.scheduler_for(opt, stage.n_batches))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -73,23 +73,23 @@ def test_head_step_on_cached_features_equals_step_through_frozen_model(setup, op
     head_keys = {k for k in before if k.startswith("classifier.")}
 
     # The augmented views the cached features were computed from, in the same order.
-    aug = direct._augment(10_000)
+    aug = direct.photos.augment(FEATURE_VIEW_EPOCH)
     views = to_tensor([aug(image=a)["image"] for a in train.arrays], pre)
     with torch.inference_mode():
         direct.model.eval()
         expected = pooled_features(direct.model, views)
-    feats, labels = cached._features(views=1)
+    feats, labels = cached.photos.features(cached.model, views=1)
     torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(labels.numpy(), train.labels)
 
-    stage_c = cached._warmup_stage()
+    stage_c = cached.head_stage()
     (x_c, y_c), = list(stage_c.batches(0))  # one shuffled batch of all cached features
     order = torch.cdist(x_c, expected).argmin(1)  # which image each feature row came from
     torch.testing.assert_close(x_c, expected[order], rtol=1e-5, atol=1e-6)
     assert sorted(order.tolist()) == list(range(N_TRAIN))
     np.testing.assert_array_equal(y_c.numpy(), train.labels[order.numpy()])
 
-    stage_d = direct._warmup_stage()  # image pipeline, backbone frozen
+    stage_d = direct.head_stage()  # photos through the model, backbone frozen
     stage_d = dataclasses.replace(stage_d, n_batches=1,
                                   batches=lambda epoch: iter([(views[order], y_c)]))
     cached.model.train(), direct.model.train()  # as a freshly built model: the trainer sets modes
@@ -109,7 +109,7 @@ def test_cached_validation_logits_equal_full_model(setup) -> None:
     model, train, val = setup
     pre = preprocessing_of(model, SIZE)
     trainer = Trainer(copy.deepcopy(model), pre, _recipe(True), train, val)
-    stage = trainer._warmup_stage()
+    stage = trainer.head_stage()
     with torch.inference_mode():
         cached_logits = stage.val_logits()
     full_logits = predict_logits(trainer.model, val.arrays, pre, batch_size=4)

@@ -22,9 +22,19 @@ class Reporter:
                                  console=err, transient=True, disable=quiet)
         self.tasks: dict[str, TaskID] = {}
 
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(message)
+    def log(self, text: str, style: str = "", bold: str = "") -> None:
+        """Print plain ``text`` (never read as markup) in ``style``, with its part ``bold`` in bold."""
+        if self.quiet:
+            return
+        line = self.progress.console.render_str(text, markup=False)  # highlights numbers
+        line.stylize(style)
+        if bold and (start := text.find(bold)) >= 0:
+            line.stylize("bold", start, start + len(bold))
+        self.progress.console.print(line)
+
+    def note(self, text: str) -> None:
+        """A side remark, dimmed."""
+        self.log(text, style="dim")
 
     def advance(self, phase: str, done: int, total: int) -> None:
         if phase not in self.tasks:
@@ -36,7 +46,8 @@ class Reporter:
         for phase in [p for p in self.tasks if p != "epochs"]:
             self.progress.update(self.tasks[phase], completed=0)
         self.advance("epochs", row["epoch"], max_epochs)
-        self.log(epoch_line(row))
+        if not self.quiet:
+            self.progress.console.print(epoch_line(row))
 
 
 def epoch_line(row: dict) -> str:

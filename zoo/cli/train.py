@@ -41,7 +41,7 @@ def train(
     rec, source = load_recipe(recipe, set_)
     with reporting(quiet) as rep:
         rep.log(f"recipe: {source}")
-        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, quiet=quiet), rep,
+        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights), rep,
                             resume=resume)
     _print_run_summary(path, quiet)
 

@@ -29,7 +29,8 @@ from zoo.store.runs import (new_run_name, read_meta, run_dir, runs_home, save_pr
                       write_history, write_meta)
 from zoo.data.splits import Split, get_split
 from zoo.models.inference import predict_logits
-from zoo.train.trainer import SplitArrays, Trainer
+from zoo.train.batches import SplitArrays
+from zoo.train.trainer import Trainer
 from zoo.models.weights import create_pretrained
 
 
@@ -41,7 +42,6 @@ class TrainOptions:
     data: str | None = None
     name: str | None = None
     weights: str | None = None
-    quiet: bool = False
     home: Path = field(default_factory=runs_home)
 
 
@@ -82,7 +82,7 @@ def prepare_data(data: str | None, pre: Preprocessing, rep: Reporter) -> Prepare
 
 
 def inference_speed(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing) -> float:
-    """Images per second for batched inference on decoded photos (after one warm-up batch)."""
+    """Images per second for batched inference on decoded photos (after one untimed batch)."""
     sample = arrays[:32]
     predict_logits(model, sample[:4], pre)
     start = time.perf_counter()
@@ -131,7 +131,6 @@ def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
 
 def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None = None) -> Path:
     """Train a new run, or continue run ``resume`` from its last finished epoch."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     torch.manual_seed(recipe.seed)
     state = None
     if resume:
@@ -149,11 +148,12 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
         model, source = create_for_recipe(recipe, len(data.split.classes), opts.weights)
         path, meta = _new_run(recipe, opts, data, pre, model, source)
     for note in data.notes:
-        rep.log(f"[dim]{note}[/]")
-    rep.log(f"run [bold]{meta['name']}[/]{' (resumed)' if resume else ''}: {recipe.model.name} "
+        rep.note(note)
+    rep.log(f"run {meta['name']}{' (resumed)' if resume else ''}: {recipe.model.name} "
             f"({meta['params']:,} params, weights: {meta['weights_source']}), "
             f"{len(data.parts['train'])} train / {len(data.parts['val'])} val / "
-            f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes")
+            f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes",
+            bold=meta["name"])
     start = time.perf_counter()
     pretrained = meta["weights_source"] != RANDOM_INIT
     max_epochs = recipe.train.epochs + (recipe.train.warmup.epochs if pretrained and recipe.train.warmup else 0)
@@ -181,20 +181,22 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
 
     classes = meta["classes"]
     val, test = data.parts["val"], data.parts["test"]
-    raw = {"val": _probs(model, val, pre, batch_size), "test": _probs(model, test, pre, batch_size)}
-    scaler = TemperatureScaler().fit(raw["val"], val.labels)
+    uncalibrated = {"val": _probs(model, val, pre, batch_size), "test": _probs(model, test, pre, batch_size)}
+    scaler = TemperatureScaler().fit(uncalibrated["val"], val.labels)
     metrics = {}
     for split, part in (("val", val), ("test", test)):
-        probs = scaler.transform(raw[split])
-        save_predictions(path, split, part.ids, part.labels, probs, probs_uncalibrated=raw[split])
+        probs = scaler.transform(uncalibrated[split])
+        save_predictions(path, split, part.paths, part.labels, probs,
+                         probs_uncalibrated=uncalibrated[split])
         metrics[split] = classification_metrics(part.labels, probs, classes)
-        metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, raw[split], classes)["ece"]
+        metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, uncalibrated[split],
+                                                                    classes)["ece"]
     save_weights(path / "model.safetensors", model)
     meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(),
                 infer_img_per_s=inference_speed(model, val.arrays, pre),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), epochs_run=len(history))
     plot_learning_curves(history, path / "plots" / "learning_curves.png")
     plot_confusion_matrix(np.array(metrics["test"]["confusion"]), classes, path / "plots" / "confusion_matrix.png")
-    plot_reliability(test.labels, scaler.transform(raw["test"]), path / "plots" / "reliability.png")
+    plot_reliability(test.labels, scaler.transform(uncalibrated["test"]), path / "plots" / "reliability.png")
     write_meta(path, meta)
     record(meta, path.parent)

@@ -1,14 +1,21 @@
-"""Training schedule in the spirit of fastai's ``fine_tune``, composed of two obvious stages:
+"""Training schedule in the spirit of fastai's ``fine_tune``: a list of stages, each described
+by data (which module trains, on which batches, whether the backbone is frozen, whether weight
+averaging and layer-wise learning rates apply), run by one loop with no per-stage branches.
 
-1. ``warmup``: backbone frozen, only the new head trains. With ``cached_features`` the frozen
-   backbone's pooled features are computed once (a few augmented views per image) and the head
-   trains on them in seconds: the same updates as running the frozen model on those views
+1. The head stage (warm-up stage; recipe key ``train.warmup``, history label ``warmup``): the
+   backbone is frozen, only the new head trains. With ``cached_features`` the frozen backbone's
+   pooled features are computed once (a few augmented views per image) and the head trains on
+   them in seconds: the same updates as running the frozen model on those views
    (tests/test_warm_start.py), except that the cached path keeps the model's head dropout as a
    regulariser where a frozen model in eval mode would switch it off.
-2. ``finetune``: every layer trains, cosine (or one-cycle) schedule.
+2. Fine-tuning (history label ``finetune``): every layer trains, cosine (or one-cycle) schedule.
+
+Not to be confused with the head stage: the lr ramp (``train.warmup_steps_pct``, a linear rise
+of the learning rate at the start of each stage's schedule) and the decay ramp of the weight
+average (``train.ema_decay``).
 
 Each stage stops early on the validation monitor and restores its best weights. After every
-epoch the trainer hands a ``ResumeState`` to ``on_checkpoint``; seeds are derived from
+epoch the trainer hands a ``ResumeState`` to ``on_checkpoint``; seeds come from ``epoch_seed``
 (seed, stage, epoch), so a resumed run ends exactly where an uninterrupted one would.
 The test split never enters this module.
 """
@@ -20,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,24 +35,11 @@ from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 
 from zoo.errors import ZooError
-from zoo.train.recipes import EarlyStopping, Recipe
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.transforms import build_train_transform, eval_array, to_tensor
-from zoo.models.inference import pooled_features, predict_logits
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class SplitArrays:
-    """Decoded photos of one split (uint8 arrays at ``Preprocessing.resize_side``)."""
-
-    ids: list[str]
-    arrays: list[np.ndarray]
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
+from zoo.models.inference import predict_logits
+from zoo.train.batches import (HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed,
+                               feature_batches)
+from zoo.train.recipes import EarlyStopping, Recipe
 
 
 @dataclass
@@ -77,16 +70,19 @@ class EarlyStopper:
 
 @dataclass
 class Stage:
-    """One stage: what trains, for how long, on which batches, and how it is validated."""
+    """One stage of the schedule, described by what it does; the trainer never asks its name."""
 
-    name: str
-    module: nn.Module
+    name: str  # the history label: "warmup" (the head stage) or "finetune"
+    module: nn.Module  # the module whose parameters the optimizer updates
     epochs: int
     lr: float
     n_batches: int
-    batches: Callable[[int], Iterator[Batch]]
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    batches: Callable[[int], Iterator[Batch]]  # epoch -> training batches
+    forward: Callable[[torch.Tensor], torch.Tensor]  # a batch's inputs -> logits
     val_logits: Callable[[], torch.Tensor]
+    frozen_backbone: bool = False  # all but ``module`` stays in eval mode (batch-norm stats)
+    ema_decay: float = 0.0  # validate and keep a moving average of the weights; 0: off
+    layer_decay: float = 1.0  # lr * layer_decay ** (distance from the head); 1: one lr for all
 
 
 @dataclass
@@ -129,65 +125,80 @@ class Trainer:
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
+        self.photos = PhotoBatches(self.train, self.pre, self.recipe)
+        self.val_photos = PhotoBatches(self.val, self.pre, self.recipe)
 
     # ---- the schedule -------------------------------------------------------------------
-    def stage_names(self, pretrained: bool) -> list[str]:
-        warm = pretrained and self.cfg.warmup is not None
-        return [n for n, on in (("warmup", warm), ("finetune", self.cfg.epochs > 0)) if on]
+    def schedule(self, pretrained: bool) -> list[Callable[[], Stage]]:
+        """Builders of the stages to run, in order: the head stage (a pretrained backbone and a
+        ``train.warmup`` section), then fine-tuning. A stage is built only when it starts."""
+        head = pretrained and self.cfg.warmup is not None
+        return [build for build, on in ((self.head_stage, head),
+                                        (self.finetune_stage, self.cfg.epochs > 0)) if on]
 
     def fit(self, pretrained: bool, resume: ResumeState | None = None) -> list[dict]:
         """Run the stages; with ``resume``, continue exactly where a saved state left off."""
         if resume is not None:
             self.history = list(resume.history)
             self.model.load_state_dict(resume.model)
-        for i, name in enumerate(self.stage_names(pretrained)):
+        for i, build in enumerate(self.schedule(pretrained)):
             if resume is not None and i < resume.stage:
                 continue
-            stage = self._warmup_stage() if name == "warmup" else self._finetune_stage()
-            self._run(stage, i, resume if resume is not None and i == resume.stage else None)
+            self._run(build(), i, resume if resume is not None and i == resume.stage else None)
         return self.history
 
-    def _warmup_stage(self) -> Stage:
-        warm = self.cfg.warmup
-        head = self.model.get_classifier()
-        if warm.cached_features:
-            feats, labels = self._features(views=warm.views)
-            val_feats = self._val_features()
-            drop = nn.Dropout(getattr(self.model, "drop_rate", 0.0) or 0.0)
-            forward = lambda x: head(drop(x))  # noqa: E731
-            batches = lambda epoch: self._tensor_batches(feats, labels, epoch, 64)  # noqa: E731
-            n_batches = math.ceil(len(labels) / 64)
-            val_logits = lambda: head(val_feats)  # noqa: E731
-        else:
-            forward, batches, n_batches, val_logits = self._image_pipeline(frozen=True)
-        return Stage("warmup", head, warm.epochs, warm.lr, n_batches, batches, forward, val_logits)
+    def head_stage(self) -> Stage:
+        """The warm-up stage: backbone frozen, only the new head trains (``train.warmup``), on
+        cached pooled features when the recipe allows."""
+        warm, head = self.cfg.warmup, self.model.get_classifier()
+        self._set_trainable(frozen_backbone=True)
+        if not warm.cached_features:
+            return self._photo_stage("warmup", head, warm.epochs, warm.lr, frozen_backbone=True)
+        feats, labels = self.photos.features(self.model, warm.views,
+                                             lambda i, n: self.on_batch("features", i, n))
+        val_feats = self.val_photos.eval_features(self.model)
+        drop = nn.Dropout(getattr(self.model, "drop_rate", 0.0) or 0.0)
+        return Stage("warmup", head, warm.epochs, warm.lr, math.ceil(len(labels) / HEAD_BATCH_SIZE),
+                     batches=lambda epoch: feature_batches(feats, labels, self.recipe.seed, epoch),
+                     forward=lambda x: head(drop(x)), val_logits=lambda: head(val_feats),
+                     frozen_backbone=True)
 
-    def _finetune_stage(self) -> Stage:
-        forward, batches, n_batches, val_logits = self._image_pipeline(frozen=False)
-        return Stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, n_batches, batches,
-                     forward, val_logits)
+    def finetune_stage(self) -> Stage:
+        """Every layer but the first ``train.frozen_groups`` trains."""
+        self._set_trainable(frozen_backbone=False)
+        return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr,
+                                 ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay)
+
+    def _photo_stage(self, name: str, module: nn.Module, epochs: int, lr: float, **options) -> Stage:
+        """A stage that runs augmented photos through the whole model."""
+        bs = self.recipe.data.batch_size
+        val_logits = lambda: predict_logits(self.model, self.val.arrays, self.pre, bs,  # noqa: E731
+                                            self.cfg.channels_last)
+        return Stage(name, module, epochs, lr, len(self.photos), self.photos.train_batches,
+                     self.model, val_logits, **options)
+
+    def _set_trainable(self, frozen_backbone: bool) -> None:
+        """Gradients for the head alone, or for all but the frozen leading layer groups."""
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        fixed = {id(p) for m in self.frozen_modules for p in m.parameters()}
+        for p in self.model.parameters():
+            p.requires_grad = id(p) in head if frozen_backbone else id(p) not in fixed
 
     # ---- one stage ------------------------------------------------------------------------
     def _run(self, stage: Stage, index: int, resume: ResumeState | None) -> None:
-        opt = self._optimizer(stage)
-        sched = self._scheduler(opt, stage.epochs * stage.n_batches)
+        opt = self.optimizer_for(stage)
+        sched = self.scheduler_for(opt, stage.epochs * stage.n_batches)
         ema = self._ema(stage)
         stopper = EarlyStopper(self.cfg.early_stopping)
         best_state, first = _clone(self.model.state_dict()), 0
         if resume is not None and resume.epoch > 0:
-            opt.load_state_dict(resume.optimizer)
-            sched.load_state_dict(resume.scheduler)
-            if ema is not None:
-                ema.module.load_state_dict(resume.ema)
-            stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
-            stopper.best_tiebreak = resume.best_tiebreak
-            best_state, first = resume.best_model, resume.epoch
+            best_state, first = self._restore(resume, opt, sched, ema, stopper)
         for epoch in range(first, stage.epochs):
             start = time.perf_counter()
-            torch.manual_seed(self.recipe.seed * 1000 + 100 * index + epoch)  # dropout; resumable
-            train_loss = self._train_epoch(stage, epoch, opt, sched, ema)
+            torch.manual_seed(epoch_seed(self.recipe.seed, epoch, index))  # dropout; resumable
+            train_loss = self.train_epoch(stage, epoch, opt, sched, ema)
             with self._weights_of(ema):
-                val_loss, val_acc = self._validate(stage)
+                val_loss, val_acc = self.validate(stage)
                 by_loss = self.cfg.early_stopping.monitor == "val_loss"
                 improved = stopper.step(val_loss, None) if by_loss else stopper.step(val_acc, val_loss)
                 if improved:
@@ -207,36 +218,61 @@ class Trainer:
         self.on_checkpoint(ResumeState(index + 1, 0, None, 0, None, list(self.history),
                                        self.model.state_dict(), best_state, {}, {}))
 
-    def _train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
-                     sched: torch.optim.lr_scheduler.LRScheduler,
-                     ema: ModelEmaV3 | None = None) -> float:
+    @staticmethod
+    def _restore(resume: ResumeState, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, ema: ModelEmaV3 | None,
+                 stopper: EarlyStopper) -> tuple[dict[str, torch.Tensor], int]:
+        """Load a stage's saved optimisation state; its best weights and the next epoch."""
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        if ema is not None:
+            ema.module.load_state_dict(resume.ema)
+        stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
+        stopper.best_tiebreak = resume.best_tiebreak
+        return resume.best_model, resume.epoch
+
+    def train_epoch(self, stage: Stage, epoch: int, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler,
+                    ema: ModelEmaV3 | None = None) -> float:
+        """One pass over the stage's batches for ``epoch``; the mean training loss."""
+        self._set_modes(stage)
+        total, count = 0.0, 0
+        for i, batch in enumerate(stage.batches(epoch)):
+            loss = self.train_step(stage, batch, opt, sched)
+            if ema is not None:
+                ema.update(self.model, step=epoch * stage.n_batches + i + 1)
+            total += loss * len(batch[1])
+            count += len(batch[1])
+            self.on_batch(stage.name, i + 1, stage.n_batches)
+        return total / max(count, 1)
+
+    def train_step(self, stage: Stage, batch: Batch, opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler) -> float:
+        """One optimisation step (modes as ``train_epoch`` sets them); the batch's loss."""
+        x, y = batch
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            loss = self.loss_fn(stage.forward(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss.item()
+
+    def _set_modes(self, stage: Stage) -> None:
+        """Train mode for what trains; a frozen backbone, frozen leading layers and (with
+        ``freeze_bn_stats``) batch norm keep their running statistics in eval mode."""
+        self.model.train(not stage.frozen_backbone)
         stage.module.train()
-        if stage.name == "warmup":
-            self.model.eval()  # frozen backbone keeps its batch-norm statistics
-            stage.module.train()
         for module in self.frozen_modules:
-            module.eval()  # so do frozen leading layers while the rest fine-tunes
+            module.eval()
         if self.cfg.freeze_bn_stats:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        total, count = 0.0, 0
-        for i, (x, y) in enumerate(stage.batches(epoch)):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-                loss = self.loss_fn(stage.forward(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(self.model, step=epoch * stage.n_batches + i + 1)
-            total += loss.item() * len(y)
-            count += len(y)
-            self.on_batch(stage.name, i + 1, stage.n_batches)
-        return total / max(count, 1)
 
     @torch.inference_mode()
-    def _validate(self, stage: Stage) -> tuple[float, float]:
+    def validate(self, stage: Stage) -> tuple[float, float]:
+        """Validation loss and accuracy of the model as it is now."""
         self.model.eval()
         logits = stage.val_logits().float()
         loss = F.cross_entropy(logits, self.val_labels).item()
@@ -245,12 +281,12 @@ class Trainer:
 
     # ---- weight averaging -----------------------------------------------------------------
     def _ema(self, stage: Stage) -> ModelEmaV3 | None:
-        """An exponential moving average of the fine-tuned weights (timm), when ``ema_decay`` > 0.
-        With warm-up its decay grows with the step (``1 - (1 + step) ** -0.75``, capped at
-        ``ema_decay``), so a short schedule averages its last epoch or two, not the start."""
-        if stage.name != "finetune" or not self.cfg.ema_decay:
+        """An exponential moving average of the weights (timm), for a stage with ``ema_decay``.
+        Its decay ramps up with the step (``1 - (1 + step) ** -0.75``, capped at ``ema_decay``),
+        so a short schedule averages its last epoch or two, not the start."""
+        if not stage.ema_decay:
             return None
-        return ModelEmaV3(self.model, decay=self.cfg.ema_decay, use_warmup=True, warmup_power=0.75)
+        return ModelEmaV3(self.model, decay=stage.ema_decay, use_warmup=True, warmup_power=0.75)
 
     @contextmanager
     def _weights_of(self, ema: ModelEmaV3 | None) -> Iterator[None]:
@@ -266,12 +302,12 @@ class Trainer:
             self.model.load_state_dict(own)
 
     # ---- optimisation ---------------------------------------------------------------------
-    def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        """No weight decay on biases and norm scales; with ``layer_decay`` < 1 the fine-tuning
-        stage gives each layer group ``lr * layer_decay ** (distance from the head)`` (timm)."""
-        if stage.name == "finetune" and self.cfg.layer_decay < 1:
-            groups = param_groups_layer_decay(self.model, self.cfg.weight_decay,
-                                              layer_decay=self.cfg.layer_decay)
+    def optimizer_for(self, stage: Stage) -> torch.optim.Optimizer:
+        """No weight decay on biases and norm scales; with ``layer_decay`` < 1 each layer group
+        of the stage's module gets ``lr * layer_decay ** (distance from the head)`` (timm)."""
+        if stage.layer_decay < 1:
+            groups = param_groups_layer_decay(stage.module, self.cfg.weight_decay,
+                                              layer_decay=stage.layer_decay)
             for group in groups:
                 group["lr"] = stage.lr * group.pop("lr_scale")
         else:
@@ -282,81 +318,23 @@ class Trainer:
             return torch.optim.SGD(groups, lr=stage.lr, momentum=self.cfg.momentum, nesterov=True)
         return torch.optim.AdamW(groups, lr=stage.lr)
 
-    def _scheduler(self, opt: torch.optim.Optimizer, total: int):
+    def scheduler_for(self, opt: torch.optim.Optimizer,
+                      total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """One-cycle, or a linear lr ramp over ``warmup_steps_pct`` of the steps followed by a
+        cosine decay (or a constant lr)."""
         if self.cfg.schedule == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                       total_steps=max(total, 1))
-        warm = int(total * self.cfg.warmup_steps_pct)
+                                                       total_steps=max(total_steps, 1))
+        ramp = int(total_steps * self.cfg.warmup_steps_pct)
 
         def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
+            if step < ramp:
+                return (step + 1) / ramp
             if self.cfg.schedule == "constant":
                 return 1.0
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+            return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(total_steps - ramp, 1)))
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    # ---- data -----------------------------------------------------------------------------
-    def _image_pipeline(self, frozen: bool):
-        bs = self.recipe.data.batch_size
-        head = {id(p) for p in self.model.get_classifier().parameters()}
-        fixed = {id(p) for m in self.frozen_modules for p in m.parameters()}
-        for p in self.model.parameters():
-            p.requires_grad = id(p) in head if frozen else id(p) not in fixed
-        batches = lambda epoch: self._image_batches(epoch, bs)  # noqa: E731
-        val_logits = lambda: predict_logits(self.model, self.val.arrays, self.pre, bs,  # noqa: E731
-                                            self.cfg.channels_last)
-        return self.model, batches, math.ceil(len(self.train) / bs), val_logits
-
-    def _augment(self, epoch: int):
-        return build_train_transform(self.recipe.augment.get("train", []), self.pre.image_size,
-                                     seed=self.recipe.seed * 1000 + epoch)
-
-    def _image_batches(self, epoch: int, bs: int) -> Iterator[Batch]:
-        rng = np.random.default_rng(self.recipe.seed * 1000 + epoch)
-        order = rng.permutation(len(self.train))
-        aug = self._augment(epoch)
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            if len(idx) < 2 and start:  # batch norm cannot train on one image
-                continue
-            arrays = [aug(image=self.train.arrays[i])["image"] for i in idx]
-            yield (to_tensor(arrays, self.pre, self.cfg.channels_last),
-                   torch.as_tensor(self.train.labels[idx]))
-
-    def _tensor_batches(self, x: torch.Tensor, y: torch.Tensor, epoch: int, bs: int) -> Iterator[Batch]:
-        order = torch.from_numpy(np.random.default_rng(self.recipe.seed * 1000 + epoch)
-                                 .permutation(len(y)))
-        for start in range(0, len(y), bs):
-            idx = order[start:start + bs]
-            yield x[idx], y[idx]
-
-    @torch.inference_mode()
-    def _features(self, views: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled features of ``views`` augmented copies of every training image."""
-        self.model.eval()
-        feats, labels = [], []
-        for view in range(views):
-            aug = self._augment(10_000 + view)
-            for start in range(0, len(self.train), self.recipe.data.batch_size):
-                idx = range(start, min(start + self.recipe.data.batch_size, len(self.train)))
-                arrays = [aug(image=self.train.arrays[i])["image"] for i in idx]
-                feats.append(pooled_features(self.model, to_tensor(arrays, self.pre,
-                                                                   self.cfg.channels_last)))
-                labels.append(torch.as_tensor(self.train.labels[list(idx)]))
-                self.on_batch("features", len(feats), views * math.ceil(
-                    len(self.train) / self.recipe.data.batch_size))
-        return torch.cat(feats).clone(), torch.cat(labels).clone()
-
-    @torch.inference_mode()
-    def _val_features(self) -> torch.Tensor:
-        self.model.eval()
-        out = []
-        for start in range(0, len(self.val), self.recipe.data.batch_size):
-            arrays = [eval_array(a, self.pre) for a in self.val.arrays[start:start + self.recipe.data.batch_size]]
-            out.append(pooled_features(self.model, to_tensor(arrays, self.pre, self.cfg.channels_last)))
-        return torch.cat(out).clone()
 
 
 def leading_groups(model: nn.Module, n: int) -> list[nn.Module]:
