@@ -20,7 +20,7 @@ FORMATS = ("table", "csv", "json")
 def predict(
     run: str = typer.Argument(..., help="Run or ensemble name."),
     paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
+    k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
     format: str = typer.Option("table", "--format", help="table | csv | json"),
     tta: bool = TtaOpt,
 ) -> None:
@@ -35,7 +35,7 @@ def predict(
       zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
     """
     from zoo.evaluate.evaluation import predict_files, visible_files
-    from zoo.evaluate.predictor import load_predictor
+    from zoo.evaluate.predictor import load_predictor, top_k
 
     check_format(format, FORMATS)
     predictor = load_predictor(run)
@@ -50,9 +50,8 @@ def predict(
     if not result.files:
         raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
                        "was predicted (reasons above).")
-    k = min(top_k, len(predictor.classes))
-    tops = [[(predictor.classes[j], float(p[j])) for j in p.argsort(kind="stable")[::-1][:k]]
-            for p in result.probs]
+    tops = top_k(result.probs, predictor.classes, k)
+    k = len(tops[0])
     if format == "table":
         _print_prediction_table(predictor.name, result.files, tops, k)
     else:

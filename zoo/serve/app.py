@@ -23,8 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from zoo.errors import UnreadableImageError
 from zoo.data.imaging import load_image
+from zoo.errors import UnreadableImageError
+from zoo.evaluate.predictor import top_k
 
 STATIC_DIR = Path(__file__).parent / "static"
 TOP_K = 3
@@ -78,12 +79,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024) -
         except UnreadableImageError as exc:
             raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
         with lock:
-            probs = np.asarray(predictor.predict_proba([image]), dtype=float)[0]
-        top = np.argsort(-probs, kind="stable")[:TOP_K]
+            probs = np.asarray(predictor.predict_proba([image]), dtype=float)
         return {
-            "predictions": [
-                {"class": predictor.classes[i], "probability": float(probs[i])} for i in top
-            ],
+            "predictions": [{"class": c, "probability": p}
+                            for c, p in top_k(probs, predictor.classes, TOP_K)[0]],
             "model": predictor.name,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
         }
