@@ -14,7 +14,12 @@ class ZooError(Exception):
 
 
 class UnreadableImageError(ZooError):
-    """A file that is not a decodable image (reason in the message)."""
+    """A file that is not a decodable image; the message is ``<source>: <reason>``."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
 
 
 class WeightsNotFoundError(ZooError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zoo.cli.app import app
@@ -34,7 +35,10 @@ def leaderboard(
     from zoo.report.tables import render_rows
 
     if rebuild:
-        err.print(f"rebuilt {lb.rebuild()} rows from run folders")
+        rebuilt = lb.rebuild()
+        for reason in rebuilt.skipped:
+            err.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
+        err.print(f"rebuilt {rebuilt.rows} rows from run folders")
     if on:
         err.print(f"scores on folder '{on}' (test columns = that folder)")
         render_rows(lb.rows_on(on, sort=sort, dataset=dataset), format)

@@ -32,7 +32,8 @@ def evaluate(
       zoo evaluate ensemble-soft-1 --data ~/photos/museum-test
     """
     from zoo.evaluate.evaluation import evaluate as run_evaluation
-    from zoo.evaluate.evaluation import save_evaluation, write_plots
+    from zoo.evaluate.evaluation import save_evaluation
+    from zoo.report.evaluation import write_plots
 
     check_format(format, ("table", "json"))
     with reporting(quiet or format == "json") as rep:

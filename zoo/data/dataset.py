@@ -82,7 +82,7 @@ def _inspect(path: Path) -> tuple[str, int] | str:
         img = load_image(path, min_side=64)
         return _sha256(path), dhash(img)
     except UnreadableImageError as exc:
-        return str(exc).removeprefix(f"{path}: ")
+        return exc.reason
     except OSError as exc:
         return f"cannot read file ({exc.strerror})"
 

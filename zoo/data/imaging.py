@@ -64,7 +64,7 @@ def _open(path: str | Path) -> BinaryIO:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise UnreadableImageError(f"{path}: not a regular file (a pipe, socket or device)")
+        raise UnreadableImageError(str(path), "not a regular file (a pipe, socket or device)")
     return os.fdopen(fd, "rb")
 
 
@@ -82,16 +82,16 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except UnreadableImageError:
         raise
     except FileNotFoundError as exc:
-        raise UnreadableImageError(f"{name}: file not found") from exc
+        raise UnreadableImageError(name, "file not found") from exc
     except (IsADirectoryError, PermissionError) as exc:
-        raise UnreadableImageError(f"{name}: cannot read file ({exc.strerror})") from exc
+        raise UnreadableImageError(name, f"cannot read file ({exc.strerror})") from exc
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(f"{name}: refused as a possible decompression bomb ({exc}); "
-                                   f"the limit is {MAX_PIXELS:,} pixels") from exc
+        raise UnreadableImageError(name, f"refused as a possible decompression bomb ({exc}); "
+                                         f"the limit is {MAX_PIXELS:,} pixels") from exc
     except UnidentifiedImageError as exc:
-        raise UnreadableImageError(f"{name}: not an image Pillow can read") from exc
+        raise UnreadableImageError(name, "not an image Pillow can read") from exc
     except Exception as exc:  # noqa: BLE001  (decoders raise many types on hostile input)
-        raise UnreadableImageError(f"{name}: damaged or truncated image ({exc})") from exc
+        raise UnreadableImageError(name, f"damaged or truncated image ({exc})") from exc
 
 
 def resize_short_side(img: Image.Image, side: int) -> Image.Image:
