@@ -34,7 +34,8 @@ def predict(
       zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
       zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
     """
-    from zoo.evaluate.evaluation import predict_files, visible_files
+    from zoo.data.dataset import visible_files
+    from zoo.evaluate.evaluation import predict_files
     from zoo.evaluate.predictor import load_predictor, top_k
 
     check_format(format, FORMATS)

@@ -100,3 +100,10 @@ def resize_short_side(img: Image.Image, side: int) -> Image.Image:
     scale = side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0 if scale < 0.5 else None)
+
+
+def short_side_array(array: np.ndarray, side: int) -> np.ndarray:
+    """A decoded HxWx3 photo with its shorter side resized to ``side`` (itself if it already is)."""
+    if min(array.shape[:2]) == side:
+        return array
+    return np.asarray(resize_short_side(Image.fromarray(array), side))

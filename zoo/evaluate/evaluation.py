@@ -8,9 +8,7 @@ the probabilities) and ranked on the leaderboard.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -24,11 +22,12 @@ import numpy as np
 from zoo.data.cache import decode_array
 from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.errors import UnreadableImageError, ZooError
-from zoo.fileio import atomic_path, write_json
+from zoo.fileio import write_json
 from zoo.store.leaderboard import record_evaluation
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
-from zoo.store.runs import load_predictions, read_meta, run_dir
+from zoo.data.dataset import visible_files
+from zoo.store.runs import load_predictions, read_meta, run_dir, write_probabilities
 from zoo.data.splits import splits_dir
 from zoo.data.tta import TTA_VIEWS
 
@@ -140,17 +139,6 @@ def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = Fals
                 progress(min(start + CHUNK, len(files)), len(files))
     raw_all = np.concatenate(raw) if raw else np.zeros((0, len(predictor.classes)), np.float32)
     return FilePredictions(ok, raw_all, predictor.scaler.transform(raw_all), shas, bad)
-
-
-def visible_files(path: Path) -> list[Path]:
-    """A file, or every non-hidden file below a folder (sorted, recursive)."""
-    if not path.is_dir():
-        return [path]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return out
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -303,12 +291,8 @@ def save_evaluation(ev: Evaluation, home: Path | None = None) -> Path:
     path = run_dir(ev.run, home)
     folder = path / "evaluations"
     write_json(folder / f"{ev.stem}.json", ev.to_dict())
-    buf = io.BytesIO()
     extra = {"probs_uncalibrated": np.asarray(ev.raw, np.float32)} if ev.raw is not None else {}
-    np.savez_compressed(buf, ids=np.asarray(ev.ids, dtype=str), labels=ev.labels.astype(np.int64),
-                        probs=np.asarray(ev.probs, np.float32), **extra)
-    with atomic_path(folder / f"{ev.stem}.npz") as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_probabilities(folder / f"{ev.stem}.npz", ev.ids, ev.labels, ev.probs, **extra)
     record_evaluation(read_meta(path), ev.to_dict(), path.parent)
     return folder / f"{ev.stem}.json"
 

@@ -90,6 +90,8 @@ class TrainSection(_Strict):
 class Recipe(_Strict):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
+    # The default train augmentation (recipes/defaults.yaml has none of its own). Minerals have no
+    # up or down, so flips and quarter turns are safe; hue is a mineral's identity: keep it.
     augment: dict[str, list[dict[str, dict[str, Any]]]] = Field(default_factory=lambda: {
         "train": [{"RandomResizedCrop": {"scale": [0.35, 1.0]}}, {"HorizontalFlip": {}},
                   {"VerticalFlip": {}}, {"RandomRotate90": {}},
