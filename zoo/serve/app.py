@@ -170,8 +170,12 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000) -> No
 
 
 @contextmanager
-def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` with uvicorn in a background thread on a free port; yield its base URL."""
+def run_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` from this process: uvicorn in a background thread on a free port of `host`.
+
+    Yields the base URL once the server accepts requests and stops it on exit. For callers that
+    build their own app around a predictor without a run (benchmarks/serve_load.py --fake, tests).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
@@ -183,7 +187,7 @@ def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
         deadline = time.monotonic() + 10.0
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"The test server on {host}:{port} did not start.")
+                raise RuntimeError(f"The server on {host}:{port} did not start.")
             time.sleep(0.02)
         yield f"http://{host}:{port}"
     finally:
