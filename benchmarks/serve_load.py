@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from zoo.serve.app import create_app, serving_in_thread
+from zoo.serve import create_app, run_in_thread
 
 
 class FakePredictor:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     photo = args.image.read_bytes() if args.image else default_photo()
     predictor = load(args)
-    with serving_in_thread(create_app(predictor, max_upload_bytes=max(len(photo), 10 * 1024 * 1024))) as url:
+    with run_in_thread(create_app(predictor, max_upload_bytes=max(len(photo), 10 * 1024 * 1024))) as url:
         warm_up = httpx.post(url + "/api/predict", files={"file": ("photo", photo)}, timeout=60.0)
         if warm_up.status_code != 200:
             sys.exit(f"The first request failed (HTTP {warm_up.status_code}): {warm_up.text}")

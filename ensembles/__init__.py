@@ -1,20 +1,30 @@
 """Ensemble methods over member probability arrays (pure numpy / scikit-learn).
 
-Importing this package registers the built-in methods: soft, weighted, stack.
+Importing this package imports every module in it, which registers the methods they define
+(built in: soft, weighted, stack): a new method is one ``EnsembleMethod`` subclass with a
+``name``, in a new module here.
 """
+import importlib
+import pkgutil
+
 from .base import (
+    EPS,
     METHODS,
     EnsembleMethod,
     create_method,
     load_method,
-    register_method,
+    method_class,
     validate_labels,
     validate_probs,
 )
 from .stacking import Stacking
 from .voting import SoftVoting, WeightedVoting
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
+    "EPS",
     "METHODS",
     "EnsembleMethod",
     "SoftVoting",
@@ -22,7 +32,7 @@ __all__ = [
     "WeightedVoting",
     "create_method",
     "load_method",
-    "register_method",
+    "method_class",
     "validate_labels",
     "validate_probs",
 ]

@@ -2,10 +2,12 @@
 
 A method sees only arrays: ``probs`` is a list with one ``(N, C)`` probability array per member
 (same member order everywhere), ``y`` holds integer labels. It is fitted on validation arrays
-only; test arrays go to ``predict_proba`` for reporting. Adding a method means one subclass:
+only; test arrays go to ``predict_proba`` for reporting. Adding a method means one subclass
+with a ``name``, in a new module of this package (the package imports all its modules):
 
-    @register_method("median")
     class Median(EnsembleMethod):
+        name = "median"
+        description = "median of the member probabilities"
         def _fit(self, probs, y): return self._predict(probs)
         def _predict(self, probs): return np.median(np.stack(probs), axis=0)
         def describe(self, names=None): return "median of members"
@@ -14,34 +16,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from zoo.errors import ZooError
 
-EPS = 1e-7  # probability floor for logs and NLL
+EPS = 1e-7  # probability floor for logs and NLL (the zoo's reported NLL uses it too)
 _SUM_TOLERANCE = 1e-3
 
-METHODS: dict[str, type["EnsembleMethod"]] = {}
-
-_T = TypeVar("_T", bound=type["EnsembleMethod"])
+METHODS: dict[str, type["EnsembleMethod"]] = {}  # name -> class, filled by defining subclasses
 
 
-def register_method(name: str) -> Callable[[_T], _T]:
-    """Class decorator: register an EnsembleMethod subclass under ``name``."""
-
-    def decorate(cls: _T) -> _T:
-        if name in METHODS and METHODS[name] is not cls:
-            raise ValueError(f"ensemble method {name!r} is already registered by {METHODS[name]}")
-        cls.method_name = name
-        METHODS[name] = cls
-        return cls
-
-    return decorate
-
-
-def _method_class(name: Any) -> type["EnsembleMethod"]:
+def method_class(name: Any) -> type["EnsembleMethod"]:
+    """The method registered as ``name``; ZooError listing the known ones otherwise."""
     if name not in METHODS:
         known = ", ".join(sorted(METHODS)) or "(none registered)"
         raise ZooError(f"Unknown ensemble method {name!r}. Known methods: {known}.")
@@ -50,7 +38,7 @@ def _method_class(name: Any) -> type["EnsembleMethod"]:
 
 def create_method(name: str, **kwargs: Any) -> "EnsembleMethod":
     """Instantiate the method registered as ``name`` with its parameters."""
-    cls = _method_class(name)
+    cls = method_class(name)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -61,7 +49,7 @@ def load_method(d: dict) -> "EnsembleMethod":
     """Rebuild a fitted method from ``EnsembleMethod.to_dict`` output (dispatch on d['method'])."""
     if not isinstance(d, dict) or "method" not in d:
         raise ZooError("Saved ensemble parameters have no 'method' field; re-create the ensemble.")
-    return _method_class(d["method"]).from_dict(d)
+    return method_class(d["method"]).from_dict(d)
 
 
 def validate_probs(
@@ -129,13 +117,24 @@ class EnsembleMethod(ABC):
     Subclasses implement ``_fit`` (learn from validation arrays, return honest validation
     probabilities), ``_predict`` and ``describe``; methods with parameters or fitted state also
     override ``get_params``, ``_state`` and ``_set_state`` (JSON-friendly plain values).
+    A subclass with a ``name`` is registered under it (``--method`` of ``zoo ensemble``).
     """
 
-    method_name: ClassVar[str] = ""
+    name: ClassVar[str] = ""         # registry name; a subclass that sets none is not registered
+    description: ClassVar[str] = ""  # one line for ``zoo ensemble --help``
     # True when val_proba() is out-of-fold, so a temperature may be fitted on it. Voting methods
     # say False: their validation probabilities already served to pick members' epochs, fit their
     # temperatures (and the weights), so the ensemble keeps its members' calibration instead.
     out_of_fold: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):  # an intermediate class, or one inheriting a name
+            return
+        if cls.name in METHODS:
+            raise ValueError(f"ensemble method {cls.name!r} is already registered by "
+                             f"{METHODS[cls.name]}")
+        METHODS[cls.name] = cls
 
     def __init__(self) -> None:
         self.n_members_: int | None = None
@@ -158,27 +157,27 @@ class EnsembleMethod(ABC):
     def val_proba(self) -> np.ndarray:
         """Honest validation probabilities from ``fit`` (out-of-fold where the method learns)."""
         if self._val_proba is None:
-            raise ZooError(f"{self.method_name!r} ensemble has no validation probabilities: they "
+            raise ZooError(f"{self.name!r} ensemble has no validation probabilities: they "
                            "exist only right after fit (saved ensembles keep them on disk).")
         return self._val_proba
 
     def to_dict(self) -> dict:
         self._check_fitted()
-        return {"method": self.method_name, "params": self.get_params(),
+        return {"method": self.name, "params": self.get_params(),
                 "n_members": self.n_members_, "n_classes": self.n_classes_,
                 "state": self._state()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EnsembleMethod":
-        if d.get("method") != cls.method_name:
+        if d.get("method") != cls.name:
             raise ZooError(f"Saved ensemble method is {d.get('method')!r}, not "
-                           f"{cls.method_name!r}; use ensembles.load_method.")
+                           f"{cls.name!r}; use ensembles.load_method.")
         try:
             obj = cls(**d["params"])
             obj.n_members_, obj.n_classes_ = int(d["n_members"]), int(d["n_classes"])
             obj._set_state(d["state"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ZooError(f"Saved {cls.method_name!r} ensemble parameters are incomplete or "
+            raise ZooError(f"Saved {cls.name!r} ensemble parameters are incomplete or "
                            f"invalid ({exc!r}); re-create the ensemble.") from exc
         return obj
 
@@ -206,4 +205,4 @@ class EnsembleMethod(ABC):
 
     def _check_fitted(self) -> None:
         if self.n_members_ is None:
-            raise ZooError(f"{self.method_name!r} ensemble is not fitted yet; call fit first.")
+            raise ZooError(f"{self.name!r} ensemble is not fitted yet; call fit first.")

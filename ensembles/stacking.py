@@ -3,19 +3,22 @@
 Validation probabilities reported by ``val_proba`` are out-of-fold (each row predicted by a
 meta-learner that never saw it); the final meta-learner is then fitted on all validation rows.
 Prediction is computed here from the stored coefficients, so a JSON round trip is exact.
+scikit-learn is imported only for fitting: registering the method (``zoo --help``) stays fast.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from zoo.errors import ZooError
 
-from .base import EPS, EnsembleMethod, member_names, register_method
+from .base import EPS, EnsembleMethod, member_names
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 MAX_FOLDS = 5
 
@@ -45,10 +48,11 @@ def _floor_and_place(p: np.ndarray, classes: np.ndarray, n_classes: int) -> np.n
     return out / out.sum(axis=1, keepdims=True)
 
 
-@register_method("stack")
 class Stacking(EnsembleMethod):
     """Logistic-regression meta-learner over member log-probabilities (out-of-fold validation)."""
 
+    name = "stack"
+    description = "logistic regression on validation probabilities, scored out-of-fold"
     out_of_fold = True
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
@@ -67,9 +71,13 @@ class Stacking(EnsembleMethod):
         return {"C": self.C, "max_iter": self.max_iter}
 
     def _learner(self) -> LogisticRegression:
+        from sklearn.linear_model import LogisticRegression
+
         return LogisticRegression(C=self.C, max_iter=self.max_iter)
 
     def _fit(self, probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
         X = stack_features(probs)
         self.n_splits_ = _choose_folds(y)
         cv = StratifiedKFold(n_splits=self.n_splits_, shuffle=True, random_state=0)

@@ -7,16 +7,18 @@ import numpy as np
 
 from zoo.errors import ZooError
 
-from .base import EPS, EnsembleMethod, member_names, register_method
+from .base import EPS, EnsembleMethod, member_names
 
 
 def _weighted_mean(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return np.tensordot(weights, np.stack(probs), axes=1)
 
 
-@register_method("soft")
 class SoftVoting(EnsembleMethod):
     """Mean of the member probabilities."""
+
+    name = "soft"
+    description = "mean of probabilities"
 
     def _fit(self, probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
         return self._predict(probs)
@@ -29,7 +31,6 @@ class SoftVoting(EnsembleMethod):
             member_names(names, self.n_members_ or 0))
 
 
-@register_method("weighted")
 class WeightedVoting(EnsembleMethod):
     """Weighted mean with weights from greedy ensemble selection with replacement.
 
@@ -37,6 +38,9 @@ class WeightedVoting(EnsembleMethod):
     ``n_iter`` rounds adds the member whose addition gives the lowest validation NLL of the
     averaged probabilities; ties go to the lowest member index. Weights are counts / total.
     """
+
+    name = "weighted"
+    description = "greedy ensemble selection (Caruana 2004) on validation NLL"
 
     def __init__(self, n_iter: int = 50, sorted_init: int = 0) -> None:
         super().__init__()

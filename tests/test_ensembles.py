@@ -15,7 +15,6 @@ from ensembles import (
     WeightedVoting,
     create_method,
     load_method,
-    register_method,
 )
 from ensembles.stacking import stack_features
 from zoo.errors import ZooError
@@ -179,8 +178,10 @@ def test_json_round_trip_is_exact(name, rng):
 
 
 def test_new_method_registers_with_one_small_class(rng):
-    @register_method("median_test")
     class Median(EnsembleMethod):
+        name = "median_test"
+        description = "median of the member probabilities"
+
         def _fit(self, probs, y):
             return self._predict(probs)
 
@@ -194,9 +195,11 @@ def test_new_method_registers_with_one_small_class(rng):
         y = labels(20, rng)
         probs = [noisy(20, rng) for _ in range(3)]
         m = create_method("median_test").fit(probs, y)
-        assert m.method_name == "median_test"
+        assert METHODS["median_test"] is Median and m.to_dict()["method"] == "median_test"
         out = load_method(json.loads(json.dumps(m.to_dict()))).predict_proba(probs)
         np.testing.assert_allclose(out.sum(axis=1), 1.0)
+        with pytest.raises(ValueError, match="already registered"):
+            type("Again", (EnsembleMethod,), {"name": "median_test"})
     finally:
         METHODS.pop("median_test")
 

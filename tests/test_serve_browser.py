@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.serve.app import create_app, serving_in_thread
+from zoo.serve import create_app, run_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -62,7 +62,7 @@ def png(pixels: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def base_url() -> str:
-    with serving_in_thread(create_app(FakePredictor())) as url:
+    with run_in_thread(create_app(FakePredictor())) as url:
         yield url
 
 

@@ -14,7 +14,21 @@ class ZooError(Exception):
 
 
 class UnreadableImageError(ZooError):
-    """A file that is not a decodable image (reason in the message)."""
+    """A file that is not a decodable image; the message is ``<source>: <reason>``."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class UnsafeFileError(ZooError):
+    """A file refused before reading: not a regular file, or over a size limit."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class WeightsNotFoundError(ZooError):

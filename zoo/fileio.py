@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from zoo.errors import ZooError
+from zoo.errors import UnsafeFileError, ZooError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once at import (os.umask has no read-only form and is process-wide)
@@ -83,11 +83,12 @@ def open_regular(path: str | Path, max_bytes: int | None = None) -> BinaryIO:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ZooError(f"{path}: not a regular file (a pipe, socket or device); refusing to read it.")
+        raise UnsafeFileError(str(path), "not a regular file (a pipe, socket or device); refusing "
+                              "to read it")
     if max_bytes is not None and info.st_size > max_bytes:
         os.close(fd)
-        raise ZooError(f"{path}: {info.st_size:,} bytes, over the {max_bytes:,}-byte limit for "
-                       "this kind of file; refusing to read it.")
+        raise UnsafeFileError(str(path), f"{info.st_size:,} bytes, over the {max_bytes:,}-byte "
+                              "limit for this kind of file; refusing to read it")
     return os.fdopen(fd, "rb")
 
 

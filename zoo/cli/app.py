@@ -31,3 +31,11 @@ app.add_typer(cache_app, name="cache")
 
 DataOpt = typer.Option(None, "--data", help="Dataset folder (<class>/<image>); default $ZOO_DATA or data/minerals.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output; print only the result.")
+TtaOpt = typer.Option(False, "--tta", help="Test-time augmentation: average 5 views "
+                      "(identity, flips, 90° turn, wide crop).")
+
+
+def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a --format value that the command does not write."""
+    if fmt not in allowed:
+        raise ZooError(f"Unknown --format '{fmt}': use {', '.join(allowed)}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zoo.cli.app import app
@@ -34,7 +35,10 @@ def leaderboard(
     from zoo.report.tables import render_rows
 
     if rebuild:
-        err.print(f"rebuilt {lb.rebuild()} rows from run folders")
+        rebuilt = lb.rebuild()
+        for reason in rebuilt.skipped:
+            err.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
+        err.print(f"rebuilt {rebuilt.rows} rows from run folders")
     if on:
         err.print(f"scores on folder '{on}' (test columns = that folder)")
         render_rows(lb.rows_on(on, sort=sort, dataset=dataset), format)
@@ -52,9 +56,7 @@ def models(all_: bool = typer.Option(False, "--all", help="List every timm archi
     """
     import timm
 
-    from zoo.train.recipes import list_recipes, load_recipe
-    from zoo.models.registry import zoo_model_names
-    from zoo.models.weights import availability
+    from zoo.train.recipes import model_table
 
     if all_:
         for name in timm.list_models():
@@ -63,17 +65,9 @@ def models(all_: bool = typer.Option(False, "--all", help="List every timm archi
     table = Table(title="mineral-zoo models")
     for col in ("recipe", "model", "pretrained", "weights here", "image size"):
         table.add_column(col)
-    shown = set()
-    for rname in list_recipes():
-        if rname == "defaults":
-            continue
-        rec, _ = load_recipe(rname)
-        shown.add(rec.model.name)
-        table.add_row(rname, rec.model.name, "yes" if rec.model.pretrained else "no",
-                      availability(rec.model.name), str(rec.data.image_size))
-    for mname in zoo_model_names():
-        if mname not in shown:
-            table.add_row("-", mname, "no", availability(mname), "-")
+    for e in model_table():
+        table.add_row(e.recipe or "-", e.model, "yes" if e.pretrained else "no", e.weights,
+                      "-" if e.image_size is None else str(e.image_size))
     out.print(table)
     out.print("Any timm model name also works: `zoo train <timm name>` (see `zoo models --all`).")
 

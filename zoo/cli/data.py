@@ -63,9 +63,9 @@ def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:
     table = Table(title=Text(f"{shown(index.name)}: {len(index.items)} readable images"))
     for col in ("class", "images", "train", "val", "test"):
         table.add_column(col, justify="right" if col != "class" else "left")
+    per_split = split.counts_by_class(index) if split else {}
     for cls, n in index.counts().items():
-        per = [sum(1 for it in index.items if it.label == cls and split.assignment.get(it.path) == s)
-               for s in ("train", "val", "test")] if split else ["-"] * 3
+        per = per_split[cls].values() if split else ["-"] * 3
         table.add_row(Text(cls), str(n), *map(str, per))
     out.print(table)
     if split:

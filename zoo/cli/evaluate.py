@@ -1,26 +1,13 @@
-"""`zoo evaluate`, `zoo predict`, `zoo export` and `zoo report`."""
+"""`zoo evaluate`."""
 from __future__ import annotations
 
-import csv
-import io
 import json
-from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from zoo.cli.app import QuietOpt, app
-from zoo.console import err, out, reporting
-from zoo.errors import ZooError
-
-FORMATS = ("table", "csv", "json")
-TtaOpt = typer.Option(False, "--tta", help="Test-time augmentation: average 5 views "
-                      "(identity, flips, 90° turn, wide crop).")
-
-
-def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
-    if fmt not in allowed:
-        raise ZooError(f"Unknown --format '{fmt}': use {', '.join(allowed)}.")
+from zoo.cli.app import QuietOpt, TtaOpt, app, check_format
+from zoo.console import out, reporting
 
 
 @app.command()
@@ -45,9 +32,10 @@ def evaluate(
       zoo evaluate ensemble-soft-1 --data ~/photos/museum-test
     """
     from zoo.evaluate.evaluation import evaluate as run_evaluation
-    from zoo.evaluate.evaluation import save_evaluation, write_plots
+    from zoo.evaluate.evaluation import save_evaluation
+    from zoo.report.evaluation import write_plots
 
-    _check_format(format, ("table", "json"))
+    check_format(format, ("table", "json"))
     with reporting(quiet or format == "json") as rep:
         ev = run_evaluation(run, data, tta, progress=lambda i, n: rep.advance("predict", i, n))
     saved = [save_evaluation(ev)] if ev.stored else []
@@ -97,105 +85,3 @@ def _print_evaluation(ev) -> None:
     if ev.seen_in_training:
         out.print(f"[yellow]warning:[/] {ev.seen_in_training} photo(s) here are identical to "
                   "training or validation photos of this run: the score is optimistic.")
-
-
-@app.command()
-def predict(
-    run: str = typer.Argument(..., help="Run or ensemble name."),
-    paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
-    format: str = typer.Option("table", "--format", help="table | csv | json"),
-    tta: bool = TtaOpt,
-) -> None:
-    """Identify the minerals in photos: the top classes with their probabilities.
-
-    Unreadable files are listed with the reason (on stderr for csv and json) and the others are
-    still predicted; the exit code is non-zero only when no photo could be read.
-
-    [bold]Examples[/]
-      zoo predict custom_cnn-1 photo.jpg
-      zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
-      zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
-    """
-    from zoo.evaluate.evaluation import predict_files, visible_files
-    from zoo.evaluate.predictor import load_predictor
-
-    _check_format(format, FORMATS)
-    predictor = load_predictor(run)
-    files = [f for p in paths for f in visible_files(p)]
-    with reporting(format != "table") as rep:
-        result = predict_files(predictor, files, tta, lambda i, n: rep.advance("predict", i, n))
-    if result.unreadable:
-        console = out if format == "table" else err
-        console.print(f"[yellow]{len(result.unreadable)} file(s) not predicted:[/]")
-        for path, reason in result.unreadable:
-            console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
-    if not result.files:
-        raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
-                       "was predicted (reasons above).")
-    k = min(top_k, len(predictor.classes))
-    tops = [[(predictor.classes[j], float(p[j])) for j in p.argsort(kind="stable")[::-1][:k]]
-            for p in result.probs]
-    if format == "table":
-        _print_prediction_table(predictor.name, result.files, tops, k)
-    else:
-        print(_prediction_text(result.files, tops, k, format), end="")
-
-
-def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:
-    table = Table(title=f"{name}: {len(files)} photo(s)", title_justify="left")
-    table.add_column("photo", overflow="fold")
-    for i in range(1, k + 1):
-        table.add_column(f"#{i}")
-    for path, top in zip(files, tops):
-        table.add_row(str(path), *(f"{c} {p:.3f}" for c, p in top))
-    out.print(table)
-
-
-def _prediction_text(files: list[Path], tops: list, k: int, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([{"path": str(f), "predictions": [{"class": c, "probability": p}
-                                                            for c, p in top]}
-                           for f, top in zip(files, tops)], indent=2) + "\n"
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")])
-    for path, top in zip(files, tops):
-        writer.writerow([str(path)] + [v for c, p in top for v in (c, f"{p:.6f}")])
-    return buf.getvalue()
-
-
-@app.command()
-def export(
-    run: str = typer.Argument(..., help="Run name (a trained model, not an ensemble)."),
-    format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
-) -> None:
-    """Export a run for deployment into runs/<run>/export/, checked against PyTorch.
-
-    Input: float32 RGB in [0, 1], NCHW, image_size x image_size (resize the shorter side to
-    resize_side, centre-crop); normalisation and temperature scaling are inside the graph, the
-    output is calibrated probabilities. Classes and preprocessing travel inside the file.
-
-    [bold]Examples[/]
-      zoo export custom_cnn-1 --format onnx
-      zoo export tf_efficientnet_lite0-1 --format torchscript
-    """
-    from zoo.evaluate.export import export_run
-
-    result = export_run(run, format)
-    out.print(f"[bold green]exported[/] {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)",
-              highlight=False)
-    out.print(f"  parity with PyTorch on {result.parity_images}: max |Δp| = "
-              f"{result.max_abs_diff:.2e} (limit {result.tolerance:.0e})", highlight=False)
-
-
-@app.command()
-def report(run: str = typer.Argument(..., help="Run or ensemble name.")) -> None:
-    """Write runs/<run>/report.html: metrics, per-class scores, plots and config in one page.
-
-    [bold]Examples[/]
-      zoo report custom_cnn-1
-    """
-    from zoo.report.html import write_report
-
-    print(write_report(run))

@@ -83,7 +83,7 @@ def _inspect(path: Path) -> tuple[str, int] | str:
         img = load_image(path, min_side=64)
         return _sha256(path), dhash(img)
     except UnreadableImageError as exc:
-        return str(exc).removeprefix(f"{path}: ")
+        return exc.reason
     except OSError as exc:
         return f"cannot read file ({exc.strerror})"
 
@@ -102,10 +102,12 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files below ``folder`` (nested folders too), hidden files and folders left out."""
+def visible_files(path: Path) -> list[Path]:
+    """A file, or every file below a folder (nested folders too, sorted), hidden ones left out."""
+    if not path.is_dir():
+        return [path]
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return out
@@ -131,7 +133,7 @@ def scan_dataset(root: Path, workers: int = 4) -> DatasetIndex:
     if not class_dirs:
         raise ZooError(f"No class folders in {root}: expected {root}/<class>/<image> "
                        "(one sub-folder per mineral).")
-    files = [(f.relative_to(root).as_posix(), f, d.name) for d in class_dirs for f in _visible_files(d)]
+    files = [(f.relative_to(root).as_posix(), f, d.name) for d in class_dirs for f in visible_files(d)]
     skipped += [(shown(rel), "file or folder name is not valid UTF-8: rename it")
                 for rel, _, _ in files if not valid_name(rel)]
     files = [entry for entry in files if valid_name(entry[0])]

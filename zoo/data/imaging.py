@@ -9,7 +9,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from zoo.errors import UnreadableImageError, ZooError
+from zoo.errors import UnreadableImageError, UnsafeFileError
 from zoo.fileio import open_regular
 
 # Largest photo file we agree to read (bytes): far above any camera's JPEG, far below memory.
@@ -73,19 +73,19 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
             return _decode(fp, min_side)
     except UnreadableImageError:
         raise
-    except ZooError as exc:  # not a regular file, or too large to read
-        raise UnreadableImageError(str(exc)) from exc
+    except UnsafeFileError as exc:  # not a regular file, or too large to read
+        raise UnreadableImageError(name, exc.reason) from exc
     except FileNotFoundError as exc:
-        raise UnreadableImageError(f"{name}: file not found") from exc
+        raise UnreadableImageError(name, "file not found") from exc
     except (IsADirectoryError, PermissionError) as exc:
-        raise UnreadableImageError(f"{name}: cannot read file ({exc.strerror})") from exc
+        raise UnreadableImageError(name, f"cannot read file ({exc.strerror})") from exc
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(f"{name}: refused as a possible decompression bomb ({exc}); "
-                                   f"the limit is {MAX_PIXELS:,} pixels") from exc
+        raise UnreadableImageError(name, f"refused as a possible decompression bomb ({exc}); "
+                                         f"the limit is {MAX_PIXELS:,} pixels") from exc
     except UnidentifiedImageError as exc:
-        raise UnreadableImageError(f"{name}: not an image Pillow can read") from exc
+        raise UnreadableImageError(name, "not an image Pillow can read") from exc
     except Exception as exc:  # noqa: BLE001  (decoders raise many types on hostile input)
-        raise UnreadableImageError(f"{name}: damaged or truncated image ({exc})") from exc
+        raise UnreadableImageError(name, f"damaged or truncated image ({exc})") from exc
 
 
 def resize_short_side(img: Image.Image, side: int) -> Image.Image:
@@ -94,3 +94,10 @@ def resize_short_side(img: Image.Image, side: int) -> Image.Image:
     scale = side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0 if scale < 0.5 else None)
+
+
+def short_side_array(array: np.ndarray, side: int) -> np.ndarray:
+    """A decoded HxWx3 photo with its shorter side resized to ``side`` (itself if it already is)."""
+    if min(array.shape[:2]) == side:
+        return array
+    return np.asarray(resize_short_side(Image.fromarray(array), side))

@@ -32,6 +32,15 @@ class Split:
     def paths(self, split: str) -> list[str]:
         return sorted(p for p, s in self.assignment.items() if s == split)
 
+    def counts_by_class(self, index: DatasetIndex) -> dict[str, dict[str, int]]:
+        """Photos of each class of ``index`` in train, val and test (files not in the split left out)."""
+        counts = {c: dict.fromkeys(SPLITS, 0) for c in index.classes}
+        for it in index.items:
+            part = self.assignment.get(it.path)
+            if part in SPLITS:
+                counts[it.label][part] += 1
+        return counts
+
 
 def splits_dir() -> Path:
     return Path(os.environ.get("ZOO_SPLITS_DIR", "data/splits"))

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zoo.errors import ZooError  # noqa: E402
-from zoo.data.imaging import resize_short_side  # noqa: E402
+from zoo.data.imaging import short_side_array  # noqa: E402
 from zoo.data.preprocessing import Preprocessing  # noqa: E402
 
 _SIZED = {"RandomResizedCrop", "RandomCrop", "CenterCrop", "Resize", "RandomSizedCrop"}
@@ -60,11 +60,8 @@ def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 def eval_array(img: Image.Image | np.ndarray, pre: Preprocessing) -> np.ndarray:
     """The deterministic eval view: shorter side to ``resize_side``, centre crop ``image_size``."""
-    if isinstance(img, Image.Image):
-        img = np.asarray(resize_short_side(img, pre.resize_side))
-    elif min(img.shape[:2]) != pre.resize_side:
-        img = np.asarray(resize_short_side(Image.fromarray(img), pre.resize_side))
-    return center_crop(img, pre.image_size)
+    array = np.asarray(img) if isinstance(img, Image.Image) else img
+    return center_crop(short_side_array(array, pre.resize_side), pre.image_size)
 
 
 def to_tensor(arrays: list[np.ndarray], pre: Preprocessing, channels_last: bool = True) -> torch.Tensor:

@@ -7,19 +7,12 @@ the wide view sees the whole shorter side instead of the central ``crop_pct`` of
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from zoo.data.imaging import resize_short_side
+from zoo.data.imaging import short_side_array
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import center_crop
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot90", "wide")
-
-
-def _short_side(array: np.ndarray, side: int) -> np.ndarray:
-    if min(array.shape[:2]) == side:
-        return array
-    return np.asarray(resize_short_side(Image.fromarray(array), side))
 
 
 def tta_views(array: np.ndarray, pre: Preprocessing) -> list[np.ndarray]:
@@ -28,7 +21,7 @@ def tta_views(array: np.ndarray, pre: Preprocessing) -> list[np.ndarray]:
     Every view starts from the photo at ``resize_side`` (as the eval view does), so a full-size
     photo and one already decoded at that side give the same views.
     """
-    resized = _short_side(array, pre.resize_side)
+    resized = short_side_array(array, pre.resize_side)
     base = center_crop(resized, pre.image_size)
-    wide = center_crop(_short_side(resized, pre.image_size), pre.image_size)
+    wide = center_crop(short_side_array(resized, pre.image_size), pre.image_size)
     return [base, base[:, ::-1], base[::-1], np.rot90(base), wide]

@@ -15,7 +15,7 @@ from zoo.errors import ZooError
 
 T_MIN = 0.05
 T_MAX = 20.0
-_EPS = 1e-12
+PROB_FLOOR = 1e-12  # probabilities are clipped to this before the log (exported graphs too)
 
 
 def _check(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def _check(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _scaled_log_softmax(probs: np.ndarray, temperature: float) -> np.ndarray:
     """log softmax(log(clip(probs)) / T), computed stably in float64."""
-    z = np.log(np.clip(probs, _EPS, 1.0)) / temperature
+    z = np.log(np.clip(probs, PROB_FLOOR, 1.0)) / temperature
     z -= z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 

@@ -8,9 +8,7 @@ the probabilities) and ranked on the leaderboard.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -24,19 +22,18 @@ import numpy as np
 from zoo.data.cache import decode_array
 from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.errors import UnreadableImageError, ZooError
-from zoo.fileio import atomic_path, write_json
-from zoo.data.imaging import load_image
+from zoo.fileio import write_json
 from zoo.store.leaderboard import record_evaluation
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
-from zoo.store.runs import load_predictions, read_meta, run_dir
+from zoo.data.dataset import visible_files
+from zoo.store.runs import load_predictions, read_meta, run_dir, write_probabilities
 from zoo.data.splits import splits_dir
 from zoo.data.tta import TTA_VIEWS
 
 SPLIT_STEM = "test-split"  # file name of evaluations on the run's own test split
 CHUNK = 64                 # photos decoded and predicted at a time (bounded memory)
 TOP_LOSSES = 12
-THUMBNAIL = 192
 Progress = Callable[[int, int], None]
 
 
@@ -119,7 +116,7 @@ def _decode(path: Path, side: int) -> tuple[np.ndarray, str] | str:
     try:
         return decode_array(data, side), hashlib.sha256(data).hexdigest()
     except UnreadableImageError as exc:
-        return str(exc).removeprefix("upload: ")
+        return exc.reason
 
 
 def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = False,
@@ -142,17 +139,6 @@ def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = Fals
                 progress(min(start + CHUNK, len(files)), len(files))
     raw_all = np.concatenate(raw) if raw else np.zeros((0, len(predictor.classes)), np.float32)
     return FilePredictions(ok, raw_all, predictor.scaler.transform(raw_all), shas, bad)
-
-
-def visible_files(path: Path) -> list[Path]:
-    """A file, or every non-hidden file below a folder (sorted, recursive)."""
-    if not path.is_dir():
-        return [path]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return out
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -299,18 +285,14 @@ def evaluate(run: str, data: str | Path | None = None, tta: bool = False,
     return _external(predictor, folder, tta, home, progress)
 
 
-# ---- storing and plotting -------------------------------------------------------------------
+# ---- storing --------------------------------------------------------------------------------
 def save_evaluation(ev: Evaluation, home: Path | None = None) -> Path:
     """Write evaluations/<stem>.json and .npz in the run folder and rank it on the leaderboard."""
     path = run_dir(ev.run, home)
     folder = path / "evaluations"
     write_json(folder / f"{ev.stem}.json", ev.to_dict())
-    buf = io.BytesIO()
     extra = {"probs_uncalibrated": np.asarray(ev.raw, np.float32)} if ev.raw is not None else {}
-    np.savez_compressed(buf, ids=np.asarray(ev.ids, dtype=str), labels=ev.labels.astype(np.int64),
-                        probs=np.asarray(ev.probs, np.float32), **extra)
-    with atomic_path(folder / f"{ev.stem}.npz") as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_probabilities(folder / f"{ev.stem}.npz", ev.ids, ev.labels, ev.probs, **extra)
     record_evaluation(read_meta(path), ev.to_dict(), path.parent)
     return folder / f"{ev.stem}.json"
 
@@ -320,33 +302,3 @@ def top_losses(ev: Evaluation, k: int = TOP_LOSSES) -> list[int]:
     p_true = ev.probs[np.arange(len(ev.labels)), ev.labels]
     wrong = np.flatnonzero(ev.probs.argmax(1) != ev.labels)
     return wrong[np.argsort(p_true[wrong], kind="stable")][:k].tolist()
-
-
-def _thumbnail(path: Path):
-    img = load_image(path, min_side=THUMBNAIL)
-    img.thumbnail((THUMBNAIL, THUMBNAIL))
-    return img
-
-
-def write_plots(ev: Evaluation, home: Path | None = None) -> list[Path]:
-    """Top-losses grid (needs the photos) and, for stored evaluations, a confusion matrix."""
-    from zoo.report.plots import plot_confusion_matrix, plot_top_losses
-
-    plots = run_dir(ev.run, home) / "plots"
-    suffix = f"_{ev.stem}" if ev.stored else ""
-    written = []
-    if ev.stored:
-        written.append(plot_confusion_matrix(np.array(ev.metrics["confusion"]), ev.classes,
-                                             plots / f"confusion_matrix{suffix}.png"))
-    if ev.root is not None:
-        images, titles = [], []
-        for i in top_losses(ev):
-            try:
-                images.append(_thumbnail(ev.root / ev.ids[i]))
-            except UnreadableImageError:
-                continue
-            pred = int(ev.probs[i].argmax())
-            titles.append(f"{Path(ev.ids[i]).name}\ntrue: {ev.classes[ev.labels[i]]}\n"
-                          f"pred: {ev.classes[pred]} ({ev.probs[i, pred]:.2f})")
-        written.append(plot_top_losses(images, titles, plots / f"top_losses{suffix}.png"))
-    return written

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from zoo import __version__
 from zoo.data.cache import decode_array
-from zoo.evaluate.calibration import _EPS
+from zoo.evaluate.calibration import PROB_FLOOR
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.fileio import atomic_path
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
@@ -49,7 +49,7 @@ class Deployable(nn.Module):
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.temperature = float(temperature)
-        self.log_eps = math.log(_EPS)
+        self.log_eps = math.log(PROB_FLOOR)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(self.model((x - self.mean) / self.std).float(), dim=1)

@@ -5,9 +5,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              log_loss, precision_recall_fscore_support)
 
+from ensembles import EPS
 from zoo.evaluate.calibration import expected_calibration_error
-
-EPS = 1e-7
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:

@@ -110,6 +110,13 @@ class EnsemblePredictor(ModelPredictor):
         return self.method.predict_proba([m.predict_arrays(arrays, tta=tta) for m in self.members])
 
 
+def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """For each row of ``probs`` (N, C): its ``k`` most probable classes with their
+    probabilities, most probable first (ties: the earlier class first, as argmax)."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
 def load_predictor(run: str, home: Path | None = None) -> ModelPredictor:
     path = run_dir(run, home)
     kind = read_meta(path).get("kind", "model")

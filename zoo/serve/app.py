@@ -23,8 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from zoo.errors import UnreadableImageError
 from zoo.data.imaging import load_image
+from zoo.errors import UnreadableImageError
+from zoo.evaluate.predictor import top_k
 
 STATIC_DIR = Path(__file__).parent / "static"
 TOP_K = 3
@@ -78,12 +79,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024) -
         except UnreadableImageError as exc:
             raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
         with lock:
-            probs = np.asarray(predictor.predict_proba([image]), dtype=float)[0]
-        top = np.argsort(-probs, kind="stable")[:TOP_K]
+            probs = np.asarray(predictor.predict_proba([image]), dtype=float)
         return {
-            "predictions": [
-                {"class": predictor.classes[i], "probability": float(probs[i])} for i in top
-            ],
+            "predictions": [{"class": c, "probability": p}
+                            for c, p in top_k(probs, predictor.classes, TOP_K)[0]],
             "model": predictor.name,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
         }
@@ -171,8 +170,12 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000) -> No
 
 
 @contextmanager
-def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` with uvicorn in a background thread on a free port; yield its base URL."""
+def run_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` from this process: uvicorn in a background thread on a free port of `host`.
+
+    Yields the base URL once the server accepts requests and stops it on exit. For callers that
+    build their own app around a predictor without a run (benchmarks/serve_load.py --fake, tests).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
@@ -184,7 +187,7 @@ def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
         deadline = time.monotonic() + 10.0
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"The test server on {host}:{port} did not start.")
+                raise RuntimeError(f"The server on {host}:{port} did not start.")
             time.sleep(0.02)
         yield f"http://{host}:{port}"
     finally:

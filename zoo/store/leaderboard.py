@@ -12,10 +12,8 @@ import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import NamedTuple
 
-from rich.markup import escape
-
-from zoo.console import err
 from zoo.errors import ZooError
 from zoo.store.runs import read_meta, run_names, runs_home
 
@@ -134,21 +132,26 @@ def stored_evaluations(path: Path) -> list[dict]:
     return out
 
 
-def _run_metas(home: Path) -> list[dict]:
-    """Every run folder's meta.json, named after its folder; damaged ones are reported and left out."""
-    metas = []
+class Rebuilt(NamedTuple):
+    rows: int
+    skipped: list[str]  # why each damaged run folder was left out
+
+
+def _run_metas(home: Path) -> tuple[list[dict], list[str]]:
+    """Every run folder's meta.json, named after its folder; damaged ones left out, with why."""
+    metas, skipped = [], []
     for name in run_names(home):
         try:
             metas.append({**read_meta(home / name), "name": name})
         except ZooError as exc:
-            err.print(f"[yellow]skipped[/] {escape(str(exc))}", highlight=False)
-    return metas
+            skipped.append(str(exc))
+    return metas, skipped
 
 
-def rebuild(home: Path | None = None) -> int:
-    """Recreate every row from the run folders; returns the number of rows."""
+def rebuild(home: Path | None = None) -> Rebuilt:
+    """Recreate every row from the run folders; returns the number of rows and the skipped runs."""
     home = home or runs_home()
-    metas = _run_metas(home)
+    metas, skipped = _run_metas(home)
     with closing(_connect(home)) as con, con:
         con.execute("DELETE FROM runs")
         con.execute("DELETE FROM evaluations")
@@ -159,22 +162,27 @@ def rebuild(home: Path | None = None) -> int:
         for evaluation in evaluations:
             record_evaluation(meta, evaluation, home)
         count += 1 + len(evaluations)
-    return count
+    return Rebuilt(count, skipped)
+
+
+def _order_by(sort: str) -> str:
+    """The ORDER BY clause for ranking by ``sort`` (best first, unscored last)."""
+    if sort not in SORTABLE:
+        raise ZooError(f"Cannot sort by '{sort}'. Choose one of: {', '.join(SORTABLE)}.")
+    order = "ASC" if sort in ASCENDING or sort == "name" else "DESC"
+    return f"ORDER BY {sort} IS NULL, {sort} {order}, val_accuracy DESC, name"
 
 
 def rows(home: Path | None = None, sort: str = "test_accuracy", dataset: str | None = None,
          include_unfinished: bool = False) -> list[dict]:
-    if sort not in SORTABLE:
-        raise ZooError(f"Cannot sort by '{sort}'. Choose one of: {', '.join(SORTABLE)}.")
-    order = "ASC" if sort in ASCENDING or sort in ("name",) else "DESC"
+    order_by = _order_by(sort)
     where, args = [], []
     if not include_unfinished:
         where.append("status = 'finished'")
     if dataset:
         where.append("dataset = ?")
         args.append(dataset)
-    sql = (f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} "
-           f"ORDER BY {sort} IS NULL, {sort} {order}, val_accuracy DESC, name")
+    sql = f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} {order_by}"
     with closing(_connect(home)) as con:
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute(sql, args)]
@@ -201,15 +209,12 @@ def evaluated_folders(home: Path | None = None) -> list[str]:
 def rows_on(on: str, home: Path | None = None, sort: str = "test_accuracy",
             dataset: str | None = None) -> list[dict]:
     """Leaderboard rows scored on the external folder ``on``: ``test_*`` columns are on that folder."""
-    if sort not in SORTABLE:
-        raise ZooError(f"Cannot sort by '{sort}'. Choose one of: {', '.join(SORTABLE)}.")
-    order = "ASC" if sort in ASCENDING or sort == "name" else "DESC"
+    order_by = _order_by(sort)
     args: list[str] = [on]
     where = ""
     if dataset:
         where, args = "WHERE dataset = ?", [on, dataset]
-    sql = (f"SELECT * FROM ({_ON_SQL}) {where} "
-           f"ORDER BY {sort} IS NULL, {sort} {order}, val_accuracy DESC, name")
+    sql = f"SELECT * FROM ({_ON_SQL}) {where} {order_by}"
     with closing(_connect(home)) as con:
         con.row_factory = sqlite3.Row
         found = [dict(r) for r in con.execute(sql, args)]
@@ -225,7 +230,3 @@ def best_run(home: Path | None = None) -> str | None:
     """The best finished run or ensemble, chosen on validation accuracy (never on test)."""
     best = [r for r in rows(home, sort="val_accuracy") if r["kind"] != "tta"]
     return best[0]["name"] if best else None
-
-
-def to_json(table: list[dict]) -> str:
-    return json.dumps(table, indent=2)

@@ -22,7 +22,6 @@ from zoo.paths import runs_home  # noqa: F401  (re-exported for the store's call
 from zoo.fileio import atomic_path, write_json
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-SPLIT_NAMES = ("val", "test")
 
 
 def check_run_name(name: str) -> str:
@@ -91,13 +90,19 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                        "never loads pickled checkpoints; retrain the run or restore the file.") from exc
 
 
-def save_predictions(path: Path, split: str, ids: list[str], labels: np.ndarray,
-                     probs: np.ndarray, **extra: np.ndarray) -> None:
+def write_probabilities(file: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray,
+                        **extra: np.ndarray) -> None:
+    """Image ids, integer labels and float32 probabilities (plus ``extra`` arrays) as ``.npz``."""
     buf = io.BytesIO()
     np.savez_compressed(buf, ids=np.asarray(ids, dtype=str), labels=np.asarray(labels, dtype=np.int64),
                         probs=np.asarray(probs, dtype=np.float32), **extra)
-    with atomic_path(path / "predictions" / f"{split}.npz", durable=True) as tmp:
+    with atomic_path(file, durable=True) as tmp:
         tmp.write_bytes(buf.getvalue())
+
+
+def save_predictions(path: Path, split: str, ids: list[str], labels: np.ndarray,
+                     probs: np.ndarray, **extra: np.ndarray) -> None:
+    write_probabilities(path / "predictions" / f"{split}.npz", ids, labels, probs, **extra)
 
 
 def load_predictions(path: Path, split: str) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ import difflib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -89,6 +90,8 @@ class TrainSection(_Strict):
 class Recipe(_Strict):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
+    # The default train augmentation (recipes/defaults.yaml has none of its own). Minerals have no
+    # up or down, so flips and quarter turns are safe; hue is a mineral's identity: keep it.
     augment: dict[str, list[dict[str, dict[str, Any]]]] = Field(default_factory=lambda: {
         "train": [{"RandomResizedCrop": {"scale": [0.35, 1.0]}}, {"HorizontalFlip": {}},
                   {"VerticalFlip": {}}, {"RandomRotate90": {}},
@@ -263,3 +266,30 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, 
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One line of `zoo models`: a recipe (None for a registry model without one) and its model."""
+
+    recipe: str | None
+    model: str
+    pretrained: bool
+    weights: str            # where pretrained weights would come from (``availability``)
+    image_size: int | None  # None without a recipe
+
+
+def model_table() -> list[ModelEntry]:
+    """Every recipe (but ``defaults``), then the registry's models that no recipe uses."""
+    from zoo.models.registry import zoo_model_names
+    from zoo.models.weights import availability
+
+    entries = []
+    for name in list_recipes():
+        if name != "defaults":
+            rec, _ = load_recipe(name)
+            entries.append(ModelEntry(name, rec.model.name, rec.model.pretrained,
+                                      availability(rec.model.name), rec.data.image_size))
+    used = {e.model for e in entries}
+    return entries + [ModelEntry(None, m, False, availability(m), None)
+                      for m in zoo_model_names() if m not in used]

@@ -1,0 +1,31 @@
+"""`zoo export`."""
+from __future__ import annotations
+
+import typer
+
+from zoo.cli.app import app
+from zoo.console import out
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run name (a trained model, not an ensemble)."),
+    format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+) -> None:
+    """Export a run for deployment into runs/<run>/export/, checked against PyTorch.
+
+    Input: float32 RGB in [0, 1], NCHW, image_size x image_size (resize the shorter side to
+    resize_side, centre-crop); normalisation and temperature scaling are inside the graph, the
+    output is calibrated probabilities. Classes and preprocessing travel inside the file.
+
+    [bold]Examples[/]
+      zoo export custom_cnn-1 --format onnx
+      zoo export tf_efficientnet_lite0-1 --format torchscript
+    """
+    from zoo.evaluate.export import export_run
+
+    result = export_run(run, format)
+    out.print(f"[bold green]exported[/] {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)",
+              highlight=False)
+    out.print(f"  parity with PyTorch on {result.parity_images}: max |Δp| = "
+              f"{result.max_abs_diff:.2e} (limit {result.tolerance:.0e})", highlight=False)

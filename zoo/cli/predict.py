@@ -1,0 +1,82 @@
+"""`zoo predict`."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from zoo.cli.app import TtaOpt, app, check_format
+from zoo.console import err, out, reporting
+from zoo.errors import ZooError
+
+FORMATS = ("table", "csv", "json")
+
+
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="Run or ensemble name."),
+    paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
+    k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
+    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    tta: bool = TtaOpt,
+) -> None:
+    """Identify the minerals in photos: the top classes with their probabilities.
+
+    Unreadable files are listed with the reason (on stderr for csv and json) and the others are
+    still predicted; the exit code is non-zero only when no photo could be read.
+
+    [bold]Examples[/]
+      zoo predict custom_cnn-1 photo.jpg
+      zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
+      zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
+    """
+    from zoo.data.dataset import visible_files
+    from zoo.evaluate.evaluation import predict_files
+    from zoo.evaluate.predictor import load_predictor, top_k
+
+    check_format(format, FORMATS)
+    predictor = load_predictor(run)
+    files = [f for p in paths for f in visible_files(p)]
+    with reporting(format != "table") as rep:
+        result = predict_files(predictor, files, tta, lambda i, n: rep.advance("predict", i, n))
+    if result.unreadable:
+        console = out if format == "table" else err
+        console.print(f"[yellow]{len(result.unreadable)} file(s) not predicted:[/]")
+        for path, reason in result.unreadable:
+            console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
+    if not result.files:
+        raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
+                       "was predicted (reasons above).")
+    tops = top_k(result.probs, predictor.classes, k)
+    k = len(tops[0])
+    if format == "table":
+        _print_prediction_table(predictor.name, result.files, tops, k)
+    else:
+        print(_prediction_text(result.files, tops, k, format), end="")
+
+
+def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:
+    table = Table(title=f"{name}: {len(files)} photo(s)", title_justify="left")
+    table.add_column("photo", overflow="fold")
+    for i in range(1, k + 1):
+        table.add_column(f"#{i}")
+    for path, top in zip(files, tops):
+        table.add_row(str(path), *(f"{c} {p:.3f}" for c, p in top))
+    out.print(table)
+
+
+def _prediction_text(files: list[Path], tops: list, k: int, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([{"path": str(f), "predictions": [{"class": c, "probability": p}
+                                                            for c, p in top]}
+                           for f, top in zip(files, tops)], indent=2) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")])
+    for path, top in zip(files, tops):
+        writer.writerow([str(path)] + [v for c, p in top for v in (c, f"{p:.6f}")])
+    return buf.getvalue()
