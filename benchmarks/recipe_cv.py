@@ -25,8 +25,8 @@ from pathlib import Path
 
 from zoo.data.cache import cache_root
 from zoo.data.dataset import resolve_data_root, scan_dataset
-from zoo.errors import ZooError
 from zoo.data.splits import cross_validation_folds, get_split, save_split
+from zoo.errors import ZooError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

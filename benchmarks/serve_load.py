@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load(args: argparse.Namespace) -> Any:
     if args.fake:
         return FakePredictor()
-    from zoo.store.leaderboard import best_run
     from zoo.evaluate.predictor import load_predictor
+    from zoo.store.leaderboard import best_run
 
     run = args.run or best_run()
     if run is None:

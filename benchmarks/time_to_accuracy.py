@@ -44,11 +44,11 @@ from torchvision.datasets.folder import default_loader
 
 from zoo.data.cache import DecodeCache
 from zoo.data.dataset import DatasetIndex, resolve_data_root, scan_dataset
-from zoo.train.recipes import load_recipe
-from zoo.models.factory import build_model, preprocessing_of
 from zoo.data.splits import Split, make_split, save_split
-from zoo.train.trainer import leading_groups
 from zoo.data.transforms import build_train_transform, to_tensor
+from zoo.models.factory import build_model, preprocessing_of
+from zoo.train.recipes import load_recipe
+from zoo.train.trainer import leading_groups
 
 RECIPE = "tf_efficientnet_lite0"
 LEADERBOARD = ("custom_cnn", "tf_efficientnet_lite0", "mobilenetv2_100", "tf_efficientnet_lite2")

@@ -2,8 +2,8 @@
 make of it (decoded with the right pixels and orientation, or skipped with a reason)."""
 from __future__ import annotations
 
-import resource
 import io
+import resource
 import shutil
 import tempfile
 import time
@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from tests.helpers_badfiles import Case, bomb_png, encode, textured, write_bad_dataset
 from zoo.cli import app
 from zoo.data.dataset import DatasetIndex, scan_dataset
-from zoo.errors import UnreadableImageError, ZooError
 from zoo.data.imaging import MAX_PIXELS, load_image
 from zoo.data.splits import MIN_PER_CLASS, make_split
+from zoo.errors import UnreadableImageError, ZooError
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error, reliability_bins
 from zoo.errors import ZooError
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error, reliability_bins
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -10,14 +10,14 @@ from safetensors.torch import save_file
 
 from tests.conftest import make_dataset
 from zoo.data.dataset import scan_dataset
-from zoo.errors import WeightsNotFoundError, ZooError
-from zoo.train.recipes import EarlyStopping, load_recipe
-from zoo.models.factory import build_model, check_model_name, preprocessing_of
 from zoo.data.splits import cross_validation_folds, get_split, make_split
+from zoo.errors import WeightsNotFoundError, ZooError
+from zoo.models.factory import build_model, check_model_name, preprocessing_of
 from zoo.models.inference import pooled_features
-from zoo.train.batches import FEATURE_VIEW_EPOCH, epoch_seed
-from zoo.train.trainer import EarlyStopper
 from zoo.models.weights import create_pretrained, local_weights
+from zoo.train.batches import FEATURE_VIEW_EPOCH, epoch_seed
+from zoo.train.recipes import EarlyStopping, load_recipe
+from zoo.train.trainer import EarlyStopper
 
 
 def test_split_is_stratified_deterministic_and_keeps_duplicates_together(tmp_path: Path) -> None:

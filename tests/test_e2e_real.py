@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from zoo.data.cache import DecodeCache
 from zoo.cli import app
+from zoo.data.cache import DecodeCache
 from zoo.data.dataset import scan_dataset
-from zoo.evaluate.predictor import load_predictor
 from zoo.data.preprocessing import Preprocessing
+from zoo.evaluate.predictor import load_predictor
 from zoo.store.runs import load_predictions, read_meta
 
 RUN_FILES = ["model.safetensors", "meta.json", "config.yaml", "history.csv",

@@ -11,13 +11,13 @@ import pytest
 from helpers_eval import COLOURS, invoke, is_png, private_copy, write_photos
 from PIL import Image
 
-from zoo.store import leaderboard as lb
-from zoo.evaluate.metrics import classification_metrics
-from zoo.evaluate.predictor import load_predictor
 from zoo.data.preprocessing import Preprocessing
-from zoo.store.runs import load_predictions, read_meta
 from zoo.data.transforms import eval_array
 from zoo.data.tta import TTA_VIEWS, tta_views
+from zoo.evaluate.metrics import classification_metrics
+from zoo.evaluate.predictor import load_predictor
+from zoo.store import leaderboard as lb
+from zoo.store.runs import load_predictions, read_meta
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers_eval import invoke, private_copy
 
-from zoo.evaluate import export as zoo_export
 from zoo.data.cache import decode_array
+from zoo.evaluate import export as zoo_export
 from zoo.evaluate.predictor import load_predictor
 from zoo.store.runs import load_predictions, read_meta, write_meta
 

@@ -10,8 +10,8 @@ from typing import Iterator
 from urllib.parse import unquote
 
 import pytest
-
 from helpers_eval import COLOURS, TINY, invoke, write_photos
+
 from zoo.data.fetch import LISTING, MIRROR_ENV, FetchError, blob_sha, fetch
 from zoo.data.sources import SOURCES, Source
 

@@ -19,12 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_dataset
-from zoo.store import leaderboard as lb
 from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.fileio import atomic_path, write_json
-from zoo.train.recipes import dump_recipe, load_recipe
+from zoo.store import leaderboard as lb
 from zoo.store.runs import load_predictions, load_weights, save_predictions
+from zoo.train.recipes import dump_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "zoo").rglob("*.py")) + sorted((ROOT / "ensembles").rglob("*.py"))

@@ -7,8 +7,8 @@ import torch
 from helpers_training import random_split
 
 from zoo.errors import ZooError
-from zoo.train.recipes import Recipe
 from zoo.models.factory import build_model, preprocessing_of
+from zoo.train.recipes import Recipe
 from zoo.train.trainer import Trainer, leading_groups
 
 SIZE, CLASSES = 32, 3

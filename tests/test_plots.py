@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.report.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability,
-                       plot_top_losses)
+from zoo.report.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability, plot_top_losses
 
 
 def _assert_png(path):

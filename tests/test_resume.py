@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from zoo.cli import app
 from zoo.errors import ZooError
-from zoo.train.resume import load_state
 from zoo.store.runs import load_predictions
+from zoo.train.resume import load_state
 
 TRAIN = ["train", "custom_cnn", "--quiet", "--set", "data.image_size=32", "--set", "data.batch_size=4",
          "--set", "train.epochs=12", "--set", "train.early_stopping.patience=50"]

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 from helpers_training import random_split
 
-from zoo.train.recipes import Recipe
+from zoo.data.transforms import to_tensor
 from zoo.models.factory import build_model, preprocessing_of
 from zoo.models.inference import pooled_features, predict_logits
 from zoo.train.batches import FEATURE_VIEW_EPOCH, SplitArrays
+from zoo.train.recipes import Recipe
 from zoo.train.trainer import Stage, Trainer
-from zoo.data.transforms import to_tensor
 
 SIZE, CLASSES, N_TRAIN, N_VAL = 32, 3, 20, 6
 

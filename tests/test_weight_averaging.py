@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from helpers_training import random_split
 
-from zoo.train.recipes import Recipe
 from zoo.models.factory import build_model, preprocessing_of
+from zoo.train.recipes import Recipe
 from zoo.train.resume import load_state, save_state
 from zoo.train.trainer import ResumeState, Trainer
 

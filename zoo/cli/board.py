@@ -31,8 +31,8 @@ def leaderboard(
       zoo leaderboard --format json > board.json
       zoo leaderboard --on museum-test
     """
-    from zoo.store import leaderboard as lb
     from zoo.report.tables import render_rows
+    from zoo.store import leaderboard as lb
 
     if rebuild:
         rebuilt = lb.rebuild()

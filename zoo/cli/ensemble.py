@@ -28,7 +28,8 @@ def ensemble(
     method: str = typer.Option("soft", "--method", help=" | ".join(NAMES)),
     name: Optional[str] = typer.Option(None, "--name", help="Ensemble name (default ensemble-<method>-<n>)."),
 ) -> None:
-    from zoo.store.runs import read_meta, runs_home
+    from zoo.paths import runs_home
+    from zoo.store.runs import read_meta
     from zoo.train.ensemble import build_ensemble, select_members
 
     oof = ", out-of-fold" if method_class(method).out_of_fold else ""

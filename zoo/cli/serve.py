@@ -22,9 +22,9 @@ def serve(
       zoo serve
       zoo serve ensemble-weighted-1 --host 0.0.0.0 --port 8080
     """
-    from zoo.store.leaderboard import best_run
     from zoo.evaluate.predictor import load_predictor
     from zoo.serve import serve as run_server
+    from zoo.store.leaderboard import best_run
 
     run = run or best_run()
     if run is None:

@@ -29,9 +29,10 @@ def train(
       zoo train resnet50 --weights ~/weights/resnet50.safetensors
       zoo train convnext_tiny --set model.pretrained=false --name convnext-scratch
     """
-    from zoo.train.run import TrainOptions, train as run_training
-    from zoo.train.recipes import load_recipe
     from zoo.store.runs import check_run_name
+    from zoo.train.recipes import load_recipe
+    from zoo.train.run import TrainOptions
+    from zoo.train.run import train as run_training
 
     if resume and set_:
         raise ZooError("--resume continues a run with its own saved recipe; drop --set.")

@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from zoo.data.imaging import load_image, resize_short_side
 from zoo.fileio import atomic_path
 from zoo.paths import runs_home
-from zoo.data.imaging import load_image, resize_short_side
 
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
 # JPEGs are decoded at reduced scale (Pillow draft) down to at least DRAFT_MARGIN x the target

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo.errors import UnreadableImageError, ZooError
 from zoo.data.imaging import load_image
+from zoo.errors import UnreadableImageError, ZooError
 
 DEFAULT_DATA = "data/minerals"
 

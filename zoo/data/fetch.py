@@ -159,7 +159,7 @@ def _job(source: Source, root: Path, entry: Entry,
             return entry, "kept"
         try:
             body = _download(_file_url(source, entry), entry, advance)
-        except FetchError as exc:
+        except FetchError:
             if entry.name in source.may_be_absent:  # reported, and tried again on the next run
                 return entry, "absent"
             raise

@@ -12,9 +12,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zoo.errors import ZooError  # noqa: E402
 from zoo.data.imaging import short_side_array  # noqa: E402
 from zoo.data.preprocessing import Preprocessing  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 
 _SIZED = {"RandomResizedCrop", "RandomCrop", "CenterCrop", "Resize", "RandomSizedCrop"}
 

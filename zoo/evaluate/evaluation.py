@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from zoo.data.cache import decode_array
-from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
-from zoo.errors import UnreadableImageError, ZooError
-from zoo.fileio import write_json
-from zoo.store.leaderboard import record_evaluation
-from zoo.evaluate.metrics import classification_metrics
-from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.data.dataset import visible_files
-from zoo.store.runs import load_predictions, read_meta, run_dir, write_probabilities
 from zoo.data.splits import splits_dir
 from zoo.data.tta import TTA_VIEWS
+from zoo.errors import UnreadableImageError, ZooError
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
+from zoo.evaluate.metrics import classification_metrics
+from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.fileio import write_json
+from zoo.store.leaderboard import record_evaluation
+from zoo.store.runs import load_predictions, read_meta, run_dir, write_probabilities
 
 SPLIT_STEM = "test-split"  # file name of evaluations on the run's own test split
 CHUNK = 64                 # photos decoded and predicted at a time (bounded memory)

@@ -23,13 +23,13 @@ import torch.nn as nn
 
 from zoo import __version__
 from zoo.data.cache import decode_array
-from zoo.evaluate.calibration import PROB_FLOOR
-from zoo.errors import UnreadableImageError, ZooError
-from zoo.fileio import atomic_path
-from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.data.preprocessing import Preprocessing
-from zoo.store.runs import load_predictions, read_meta, run_dir
 from zoo.data.transforms import eval_array
+from zoo.errors import UnreadableImageError, ZooError
+from zoo.evaluate.calibration import PROB_FLOOR
+from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.fileio import atomic_path
+from zoo.store.runs import load_predictions, read_meta, run_dir
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4

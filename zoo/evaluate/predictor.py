@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.evaluate.calibration import TemperatureScaler
-from zoo.errors import ZooError
 from zoo.data.preprocessing import Preprocessing
-from zoo.models.factory import build_model
-from zoo.store.runs import load_weights, read_meta, run_dir
-from zoo.models.inference import predict_logits
 from zoo.data.transforms import to_tensor
 from zoo.data.tta import TTA_VIEWS, tta_views
+from zoo.errors import ZooError
+from zoo.evaluate.calibration import TemperatureScaler
+from zoo.models.factory import build_model
+from zoo.models.inference import predict_logits
+from zoo.store.runs import load_weights, read_meta, run_dir
 
 TTA_CHUNK = 32  # photos per TTA batch (x5 views)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from zoo.errors import ZooError
-from zoo.store.runs import read_meta, run_names, runs_home
+from zoo.paths import runs_home
+from zoo.store.runs import read_meta, run_names
 
 COLUMNS = {
     "name": "TEXT PRIMARY KEY", "kind": "TEXT", "model": "TEXT", "dataset": "TEXT",

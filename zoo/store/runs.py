@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zoo.errors import ZooError
-from zoo.paths import runs_home  # noqa: F401  (re-exported for the store's callers)
 from zoo.fileio import atomic_path, write_json
+from zoo.paths import runs_home
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

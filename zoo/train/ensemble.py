@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ensembles import create_method
-from zoo.evaluate.calibration import TemperatureScaler
 from zoo.errors import ZooError
-from zoo.store.leaderboard import record, rows
+from zoo.evaluate.calibration import TemperatureScaler
 from zoo.evaluate.metrics import classification_metrics
+from zoo.store.leaderboard import record, rows
 from zoo.store.runs import load_predictions, new_run_name, read_meta, run_dir, save_predictions, write_meta
 
 

@@ -8,31 +8,38 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 import torch
 import torch.nn as nn
+import yaml
 
 from zoo import __version__
-from zoo.data.cache import DecodeCache
-from zoo.evaluate.calibration import TemperatureScaler
 from zoo.console import Reporter
+from zoo.data.cache import DecodeCache
 from zoo.data.dataset import DatasetIndex, resolve_data_root, scan_dataset
-from zoo.errors import ZooError
-from zoo.fileio import write_text
-from zoo.store.leaderboard import record
-from zoo.evaluate.metrics import classification_metrics
-from zoo.train.recipes import Recipe, dump_recipe
 from zoo.data.preprocessing import Preprocessing
-from zoo.models.factory import build_model, count_params, preprocessing_of
-from zoo.train.resume import clear_state, load_state, save_state
-from zoo.store.runs import (new_run_name, read_meta, run_dir, runs_home, save_predictions, save_weights,
-                      write_history, write_meta)
 from zoo.data.splits import Split, get_split
+from zoo.errors import ZooError
+from zoo.evaluate.calibration import TemperatureScaler
+from zoo.evaluate.metrics import classification_metrics
+from zoo.fileio import write_text
+from zoo.models.factory import build_model, count_params, preprocessing_of
 from zoo.models.inference import predict_logits
-from zoo.train.batches import SplitArrays
-from zoo.train.trainer import Trainer
 from zoo.models.weights import create_pretrained
-
+from zoo.paths import runs_home
+from zoo.store.leaderboard import record
+from zoo.store.runs import (
+    new_run_name,
+    read_meta,
+    run_dir,
+    save_predictions,
+    save_weights,
+    write_history,
+    write_meta,
+)
+from zoo.train.batches import SplitArrays
+from zoo.train.recipes import Recipe, dump_recipe
+from zoo.train.resume import clear_state, load_state, save_state
+from zoo.train.trainer import Trainer
 
 RANDOM_INIT = "random init (model.pretrained=false)"
 

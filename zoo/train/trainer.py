@@ -34,11 +34,10 @@ from timm.models import group_modules
 from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 
-from zoo.errors import ZooError
 from zoo.data.preprocessing import Preprocessing
+from zoo.errors import ZooError
 from zoo.models.inference import predict_logits
-from zoo.train.batches import (HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed,
-                               feature_batches)
+from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
 from zoo.train.recipes import EarlyStopping, Recipe
 
 
