@@ -1,8 +1,9 @@
 """Rich output: progress bars and per-epoch lines on stderr, results on stdout; ``--quiet`` mutes."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -16,9 +17,38 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
+# C0 and C1 control characters but tab and newline: ESC starts terminal escape sequences (colours,
+# cursor moves, window titles), CR overwrites the line, BEL rings.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to show on a terminal: control characters (ESC, CR, BEL, ...; not tab or
+    newline) as visible ``\\x1b`` escapes, undecodable bytes of a file name as U+FFFD."""
+    fixed = str(text).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", fixed)
+
+
+def plain(text: object, style: str = "") -> Text:
+    """``text`` (a file, class or run name; a message quoting one) for rich to show as it is:
+    never read as markup (``cls[/]x.jpg``), made ``printable``."""
+    return Text(printable(text), style=style)
+
+
+def print_reasons(console: Console, title: str, items: Iterable[tuple[object, str]]) -> None:
+    """``title`` in yellow, then ``  <name>: <reason>`` per item, each name shown as it is."""
+    console.print(title, style="yellow", highlight=False, markup=False)
+    for name, reason in items:
+        console.print(plain(f"  {name}: {reason}"), highlight=False, soft_wrap=True)
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr, the message shown as it is."""
+    err.print(Text.assemble(("error:", "bold red"), " ", plain(message)), highlight=False)
 
 
 class Reporter:
@@ -35,6 +65,7 @@ class Reporter:
         """Print plain ``text`` (never read as markup) in ``style``, with its part ``bold`` in bold."""
         if self.quiet:
             return
+        text, bold = printable(text), printable(bold)
         line = self.progress.console.render_str(text, markup=False)  # highlights numbers
         line.stylize(style)
         if bold and (start := text.find(bold)) >= 0:

@@ -7,12 +7,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from rich.markup import escape
-
 # Each module registers its commands on import, listed by `zoo --help` in this order.
 from zoo.cli import board, data, ensemble, evaluate, export, predict, report, serve, train  # noqa: F401
 from zoo.cli.app import app
-from zoo.console import err
+from zoo.console import err, print_error
 from zoo.errors import ZooError
 
 
@@ -28,7 +26,7 @@ def main() -> None:
     try:
         app()
     except ZooError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        print_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -36,9 +34,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001  (the last line of defence: no bare tracebacks)
         if os.environ.get("ZOO_DEBUG", "") not in ("", "0"):
             raise
-        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}\n"
-                  f"{_log_traceback()}Run again with ZOO_DEBUG=1 to print the traceback, and "
-                  "please report it if it looks like a bug.", highlight=False)
+        print_error(f"unexpected {type(exc).__name__}: {exc}\n{_log_traceback()}Run again with "
+                    "ZOO_DEBUG=1 to print the traceback, and please report it if it looks like a bug.")
         sys.exit(1)
 
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from zoo.console import err
+from zoo.console import print_error
 from zoo.errors import ZooError
 
 
@@ -16,7 +15,7 @@ class ZooGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except ZooError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            print_error(exc)
             ctx.exit(exc.exit_code)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from zoo.cli.app import app
-from zoo.console import err, out
+from zoo.console import err, out, plain
 
 
 @app.command()
@@ -37,10 +37,10 @@ def leaderboard(
     if rebuild:
         rebuilt = lb.rebuild()
         for reason in rebuilt.skipped:
-            err.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
+            err.print(Text.assemble(("skipped", "yellow"), " ", plain(reason)), highlight=False)
         err.print(f"rebuilt {rebuilt.rows} rows from run folders")
     if on:
-        err.print(f"scores on folder '{on}' (test columns = that folder)")
+        err.print(plain(f"scores on folder '{on}' (test columns = that folder)"), highlight=False)
         render_rows(lb.rows_on(on, sort=sort, dataset=dataset), format)
     else:
         render_rows(lb.rows(sort=sort, dataset=dataset, include_unfinished=all_), format)
@@ -66,7 +66,7 @@ def models(all_: bool = typer.Option(False, "--all", help="List every timm archi
     for col in ("recipe", "model", "pretrained", "weights here", "image size"):
         table.add_column(col)
     for e in model_table():
-        table.add_row(e.recipe or "-", e.model, "yes" if e.pretrained else "no", e.weights,
+        table.add_row(plain(e.recipe or "-"), plain(e.model), "yes" if e.pretrained else "no", plain(e.weights),
                       "-" if e.image_size is None else str(e.image_size))
     out.print(table)
     out.print("Any timm model name also works: `zoo train <timm name>` (see `zoo models --all`).")

@@ -5,10 +5,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from zoo.cli.app import DataOpt, QuietOpt, cache_app, data_app
-from zoo.console import out
+from zoo.console import out, plain, print_reasons
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:
@@ -54,26 +53,22 @@ def data_fetch(name: str = typer.Argument(..., help="Dataset to download: minet.
         lines.append(f"{len(res.absent)} file(s) not served by the source (known gaps, tried again "
                      "on the next run): " + ", ".join(sorted(e.name for e in res.absent)))
     lines += [f"Licence: {res.source.licence}", f"Use it with --data {res.root} (or ZOO_DATA)."]
-    out.print("\n".join(lines), highlight=False, markup=False)
+    out.print(plain("\n".join(lines)), highlight=False)
 
 
 def _report(index: DatasetIndex, split: Split | None, notes: list[str]) -> None:
-    from zoo.data.dataset import shown
-
-    table = Table(title=Text(f"{shown(index.name)}: {len(index.items)} readable images"))
+    table = Table(title=plain(f"{index.name}: {len(index.items)} readable images"))
     for col in ("class", "images", "train", "val", "test"):
         table.add_column(col, justify="right" if col != "class" else "left")
     per_split = split.counts_by_class(index) if split else {}
     for cls, n in index.counts().items():
         per = per_split[cls].values() if split else ["-"] * 3
-        table.add_row(Text(cls), str(n), *map(str, per))
+        table.add_row(plain(cls), str(n), *map(str, per))
     out.print(table)
     if split:
-        out.print("; ".join([f"split {split.id}"] + notes), highlight=False)
+        out.print(plain("; ".join([f"split {split.id}"] + notes)), highlight=False)
     if index.skipped:
-        out.print(f"[yellow]{len(index.skipped)} file(s) skipped:[/]")
-        for path, reason in index.skipped:
-            out.print(f"  {path}: {reason}", highlight=False, markup=False)
+        print_reasons(out, f"{len(index.skipped)} file(s) skipped:", index.skipped)
 
 
 @cache_app.command("clear")

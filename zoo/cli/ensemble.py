@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from ensembles import METHODS, method_class
 from zoo.cli.app import app
-from zoo.console import out
+from zoo.console import out, plain
 
 NAMES = sorted(METHODS)
 HELP = f"""Combine trained runs into an ensemble, scored and ranked like a model.
@@ -37,8 +38,8 @@ def ensemble(
     path = build_ensemble(select_members(members, top, home), method, name, home)
     meta = read_meta(path)
     test = meta["metrics"]["test"]
-    out.print(f"[bold green]done[/] {meta['name']}: {meta['description']}")
+    out.print(Text.assemble(("done", "bold green"), " ", plain(f"{meta['name']}: {meta['description']}")))
     out.print(f"  test_acc {test['accuracy']:.4f}  macro_f1 {test['macro_f1']:.4f}  "
               f"nll {test['nll']:.4f}  ece {test['ece']:.4f}  (val_acc "
               f"{meta['metrics']['val']['accuracy']:.4f}{oof})")
-    out.print(f"  saved to {path}")
+    out.print(plain(f"  saved to {path}"), highlight=False)

@@ -5,9 +5,10 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from zoo.cli.app import QuietOpt, TtaOpt, app, check_format
-from zoo.console import out, reporting
+from zoo.console import out, plain, print_reasons, reporting
 
 
 @app.command()
@@ -45,7 +46,7 @@ def evaluate(
         return
     _print_evaluation(ev)
     for path in saved + plots:
-        out.print(f"  saved {path}", highlight=False, soft_wrap=True)
+        out.print(plain(f"  saved {path}"), highlight=False, soft_wrap=True)
     if ev.root is None:
         out.print("[dim]no top-losses plot: the run's photos are no longer where it was trained[/]")
 
@@ -53,7 +54,7 @@ def evaluate(
 def _print_evaluation(ev) -> None:
     m = ev.metrics
     where = "test split" if ev.on is None else f"folder '{ev.on}'"
-    table = Table(title=f"{ev.name} on {where}", title_justify="left")
+    table = Table(title=plain(f"{ev.name} on {where}"), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("photos", str(m["n"]))
@@ -69,19 +70,18 @@ def _print_evaluation(ev) -> None:
     for col in ("class", "precision", "recall", "F1", "support"):
         per.add_column(col, justify="left" if col == "class" else "right")
     for cls, s in m["per_class"].items():
-        per.add_row(cls, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+        per.add_row(plain(cls), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
                     str(s["support"]))
     out.print(per)
-    out.print(f"source: {ev.source}", highlight=False, soft_wrap=True)
+    out.print(plain(f"source: {ev.source}"), highlight=False, soft_wrap=True)
     if ev.missing:
-        out.print(f"[yellow]classes with no photo here[/] (left out of macro averages): "
-                  f"{', '.join(ev.missing)}")
+        out.print(Text.assemble(("classes with no photo here", "yellow"), " (left out of macro "
+                                "averages): ", plain(", ".join(ev.missing))))
     for cls, n in ev.unknown.items():
-        out.print(f"[yellow]unknown class[/] '{cls}': {n} photo(s) skipped (not a class of this model)")
+        out.print(Text.assemble(("unknown class", "yellow"), " '", plain(cls), f"': {n} photo(s) "
+                                "skipped (not a class of this model)"))
     if ev.unreadable:
-        out.print(f"[yellow]{len(ev.unreadable)} unreadable file(s) skipped:[/]")
-        for path, reason in ev.unreadable:
-            out.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
+        print_reasons(out, f"{len(ev.unreadable)} unreadable file(s) skipped:", ev.unreadable)
     if ev.seen_in_training:
         out.print(f"[yellow]warning:[/] {ev.seen_in_training} photo(s) here are identical to "
                   "training or validation photos of this run: the score is optimistic.")

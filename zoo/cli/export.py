@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
 from zoo.cli.app import app
-from zoo.console import out
+from zoo.console import out, plain
 
 
 @app.command()
@@ -25,7 +26,8 @@ def export(
     from zoo.evaluate.export import export_run
 
     result = export_run(run, format)
-    out.print(f"[bold green]exported[/] {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)",
+    size = result.path.stat().st_size / 1e6
+    out.print(Text.assemble(("exported", "bold green"), " ", plain(f"{result.path} ({size:.1f} MB)")),
               highlight=False)
     out.print(f"  parity with PyTorch on {result.parity_images}: max |Δp| = "
               f"{result.max_abs_diff:.2e} (limit {result.tolerance:.0e})", highlight=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from zoo.cli.app import app
-from zoo.console import err
+from zoo.console import err, plain
 from zoo.errors import ZooError
 
 
@@ -30,5 +31,6 @@ def serve(
     if run is None:
         raise ZooError("No finished run to serve: train one first (`zoo train custom_cnn`).")
     predictor = load_predictor(run)
-    err.print(f"serving [bold]{run}[/] on http://{host}:{port}  (API docs: /docs; Ctrl-C stops)")
+    err.print(Text.assemble("serving ", plain(run, "bold"), plain(f" on http://{host}:{port}  (API "
+                                                                  "docs: /docs; Ctrl-C stops)")))
     run_server(predictor, host=host, port=port)

@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
 from zoo.cli.app import DataOpt, QuietOpt, app
-from zoo.console import out, reporting
+from zoo.console import out, plain, reporting
 from zoo.errors import ZooError
 
 
@@ -57,6 +58,8 @@ def _print_run_summary(path: Path, quiet: bool) -> None:
             f"fit {meta.get('fit_seconds', 0):.0f}s")
     if meta.get("skipped_files"):
         line += f"  ({meta['skipped_files']} file(s) skipped: `zoo data check` lists them)"
-    out.print(line if quiet else f"[bold green]done[/] {line}\n  saved to {path}")
+    if not quiet:
+        line = f"{line}\n  saved to {path}"
+    out.print(plain(line) if quiet else Text.assemble(("done", "bold green"), " ", plain(line)))
 
 

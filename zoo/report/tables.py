@@ -7,7 +7,7 @@ import sys
 
 from rich.table import Table
 
-from zoo.console import out
+from zoo.console import out, plain
 from zoo.errors import ZooError
 
 SHOWN = ["kind", "name", "model", "test_accuracy", "val_accuracy", "macro_f1", "test_nll", "ece",
@@ -73,5 +73,5 @@ def _table(rows: list[dict]) -> Table:
         table.add_column(HEADERS.get(key, key), no_wrap=True,
                          justify="left" if key in ("kind", "name", "model", "created") else "right")
     for i in range(len(rows)):
-        table.add_row(*(cells[k][i] for k in keys))
+        table.add_row(*(plain(cells[k][i]) for k in keys))
     return table
