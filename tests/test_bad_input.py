@@ -3,10 +3,14 @@ make of it (decoded with the right pixels and orientation, or skipped with a rea
 from __future__ import annotations
 
 import io
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +18,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers_badfiles import Case, bomb_png, encode, textured, write_bad_dataset
+from tests.helpers_badfiles import RED, Case, bomb_png, encode, png_chunks, textured, write_bad_dataset
 from zoo.cli import app
+from zoo.data.cache import decode_array
 from zoo.data.dataset import DatasetIndex, scan_dataset
-from zoo.data.imaging import MAX_PIXELS, load_image
+from zoo.data.imaging import MAX_ASPECT, MAX_FILE_BYTES, MAX_PIXELS, load_image, read_photo, short_side_size
 from zoo.data.splits import MIN_PER_CLASS, make_split
-from zoo.errors import UnreadableImageError, ZooError
+from zoo.errors import UnreadableImageError, UnsafeFileError, ZooError
+from zoo.fileio import read_bytes
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +202,118 @@ def test_error_message_keeps_brackets_in_class_names(tmp_path):
             textured((90, 90, 90), seed=i + 10 * len(cls)).save(tmp_path / "photos" / cls / f"{i}.png")
     code, output = _data_check(tmp_path / "photos", tmp_path)
     assert code == 2 and "beryl [var. emerald] (1)" in output
+
+
+# ---- photos that explode once decoded or resized ------------------------------------------
+def _peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 1), (1, 100_000), (2_100, 100)])
+def test_extreme_aspect_ratio_is_refused_before_decoding(width, height):
+    """475 bytes of 1 x 100,000 PNG would be 146 x 14.6 million pixels at the model's size."""
+    data = png_chunks(width, height, 8, 0, (b"\x00" + b"\x80" * width) * height)
+    peak, start = _peak_kib(), time.perf_counter()
+    for decode in (lambda: load_image(data), lambda: decode_array(data, 146)):
+        with pytest.raises(UnreadableImageError, match=f"longer than {MAX_ASPECT}:1"):
+            decode()
+    assert time.perf_counter() - start < 1.0
+    assert _peak_kib() - peak < 50_000
+
+
+def test_aspect_ratio_at_the_limit_is_read():
+    img = load_image(encode(Image.new("RGB", (20 * 8, 8), RED), "PNG"))
+    assert img.size == (160, 8)
+    assert decode_array(encode(img, "PNG"), 32).shape == (32, 640, 3)
+
+
+def test_resize_beyond_the_pixel_budget_is_refused():
+    with pytest.raises(ZooError, match="over the 64,000,000-pixel limit"):
+        short_side_size((MAX_ASPECT, 1), 2_000)
+    assert short_side_size((MAX_ASPECT, 1), 146) == (MAX_ASPECT * 146, 146)
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+from tests.helpers_badfiles import png_chunks
+from zoo.data.imaging import load_image
+side, depth, colour_type, pixel = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+data = png_chunks(side, side, depth, colour_type, (b"\\x00" + bytes.fromhex(pixel) * side) * side)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = load_image(data)
+print(img.getpixel((1, 1)), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("depth, colour_type, pixel, rgb", [
+    (16, 0, "c000", (192, 192, 192)),           # 16-bit grey: keeps its top 8 bits
+    (8, 6, "ff000080", (255, 127, 127)),        # half-transparent red, on white
+], ids=["16-bit grey", "RGBA"])
+def test_large_photo_is_converted_without_big_copies(depth, colour_type, pixel, rgb):
+    """Such PNGs compress to almost nothing: converting 16-bit through float64 took 30 bytes a
+    pixel (+1.6 GB for 64 megapixels), blending transparency through RGBA copies 15; both now
+    stay under 12, measured in a fresh process."""
+    side = 4_000
+    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(side), str(depth), str(colour_type), pixel],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    shown, grown_kib = run.stdout.rsplit(" ", 1)
+    assert shown == str(rgb)
+    assert int(grown_kib) * 1024 / side**2 < 12
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale():
+    data = encode(textured(RED, 5, (4_000, 3_000)), "JPEG", quality=50)
+    assert load_image(data, min_side=146).size == (500, 375)  # 1/8 scale, still >= 146
+    assert load_image(data, min_side=600).size == (1_000, 750)
+
+
+# ---- files that must not be read whole, or at all ------------------------------------------
+def _sparse(path: Path, size: int = 20 * 2**30) -> Path:
+    """A ``size``-byte file that takes no disk space (skips the test where that is impossible)."""
+    path.write_bytes(b"\xff\xd8\xff\xe0")  # a JPEG's first bytes
+    try:
+        os.truncate(path, size)
+    except OSError as exc:
+        pytest.skip(f"no sparse files here: {exc}")
+    return path
+
+
+def test_huge_sparse_file_is_refused_without_reading(tmp_path):
+    path = _sparse(tmp_path / "huge.jpg")
+    start = time.perf_counter()
+    for read in (read_photo, load_image):
+        with pytest.raises(UnreadableImageError, match="over the 268,435,456-byte limit"):
+            read(path)
+    with pytest.raises(UnsafeFileError):
+        read_bytes(path, MAX_FILE_BYTES)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_file_growing_past_the_limit_while_read_is_refused(tmp_path):
+    """/proc files say 0 bytes and can give any amount: reading stops one byte past the limit."""
+    with pytest.raises(UnsafeFileError, match="over the 10-byte limit"):
+        read_bytes("/proc/self/status", 10)
+
+
+def _specials(folder: Path) -> dict[str, str]:
+    """A FIFO and a symlink to /dev/zero named like photos, and a sparse 20 GB '.jpg'."""
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    _sparse(folder / "huge.jpg")
+    return {"fifo.jpg": "not a regular file (a pipe)", "zero.jpg": "not a regular file (a device)",
+            "huge.jpg": "over the 268,435,456-byte limit"}
+
+
+def test_scan_skips_pipes_devices_and_huge_files_without_blocking(tmp_path):
+    for cls in ("quartz", "pyrite"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            textured(RED, i + len(cls)).save(tmp_path / cls / f"{i}.png")
+    expected = _specials(tmp_path / "quartz")
+    with ThreadPoolExecutor(1) as pool:  # a blocking open would hang: fail instead
+        index = pool.submit(scan_dataset, tmp_path).result(timeout=60)
+    skipped = dict(index.skipped)
+    for name, reason in expected.items():
+        assert reason in skipped[f"quartz/{name}"]
+    assert len(index.items) == 6

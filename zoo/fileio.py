@@ -75,24 +75,56 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def open_regular(path: str | Path, max_bytes: int | None = None) -> BinaryIO:
     """``path`` opened for reading, after checking (on the open file, so nothing can swap it) that
-    it is a regular file of at most ``max_bytes``: pipes, devices and sockets (a read could block
-    forever) and oversized files (a read could exhaust memory) are refused with a ZooError."""
+    it is a regular file of at most ``max_bytes``: folders, pipes, devices and sockets (a read
+    could block forever) and oversized files (a read could exhaust memory) are refused with an
+    UnsafeFileError. Opening never blocks (O_NONBLOCK: a pipe with no writer)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise UnsafeFileError(str(path), "not a regular file (a pipe, socket or device); refusing "
+        raise UnsafeFileError(str(path), f"not a regular file ({_kind(info.st_mode)}); refusing "
                               "to read it")
     if max_bytes is not None and info.st_size > max_bytes:
         os.close(fd)
-        raise UnsafeFileError(str(path), f"{info.st_size:,} bytes, over the {max_bytes:,}-byte "
-                              "limit for this kind of file; refusing to read it")
+        raise UnsafeFileError(str(path), _over(info.st_size, max_bytes))
     return os.fdopen(fd, "rb")
 
 
-def read_text(path: str | Path, max_bytes: int) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` (see ``open_regular``)."""
+def _over(size: int, max_bytes: int) -> str:
+    return f"{size:,} bytes or more, over the {max_bytes:,}-byte limit for this kind of file; " \
+           "refusing to read it"
+
+
+def read_blocks(path: str | Path, max_bytes: int, block: int = 1 << 20) -> Iterator[bytes]:
+    """The content of a regular file of at most ``max_bytes`` (see ``open_regular``), ``block``
+    bytes at a time; a file that grows past the limit while read (or a /proc file that claims
+    0 bytes) is refused too, after at most ``max_bytes + 1`` bytes."""
     with open_regular(path, max_bytes) as fh:
-        return fh.read(max_bytes + 1).decode("utf-8")
+        total = 0
+        while chunk := fh.read(min(block, max_bytes + 1 - total)):
+            total += len(chunk)
+            if total > max_bytes:
+                raise UnsafeFileError(str(path), _over(total, max_bytes))
+            yield chunk
+
+
+def read_bytes(path: str | Path, max_bytes: int) -> bytes:
+    """The whole content of a regular file of at most ``max_bytes`` (see ``read_blocks``)."""
+    return b"".join(read_blocks(path, max_bytes))
+
+
+def read_text(path: str | Path, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (see ``read_blocks``)."""
+    return read_bytes(path, max_bytes).decode("utf-8")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from zoo.cli.app import TtaOpt, app, check_format
-from zoo.console import err, out, reporting
+from zoo.console import err, out, plain, print_reasons, printable, reporting
 from zoo.errors import ZooError
 
 FORMATS = ("table", "csv", "json")
@@ -40,14 +40,12 @@ def predict(
 
     check_format(format, FORMATS)
     predictor = load_predictor(run)
-    files = [f for p in paths for f in visible_files(p)]
+    files = visible_files(*paths)
     with reporting(format != "table") as rep:
         result = predict_files(predictor, files, tta, lambda i, n: rep.advance("predict", i, n))
     if result.unreadable:
         console = out if format == "table" else err
-        console.print(f"[yellow]{len(result.unreadable)} file(s) not predicted:[/]")
-        for path, reason in result.unreadable:
-            console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
+        print_reasons(console, f"{len(result.unreadable)} file(s) not predicted:", result.unreadable)
     if not result.files:
         raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
                        "was predicted (reasons above).")
@@ -60,12 +58,12 @@ def predict(
 
 
 def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:
-    table = Table(title=f"{name}: {len(files)} photo(s)", title_justify="left")
+    table = Table(title=plain(f"{name}: {len(files)} photo(s)"), title_justify="left")
     table.add_column("photo", overflow="fold")
     for i in range(1, k + 1):
         table.add_column(f"#{i}")
     for path, top in zip(files, tops):
-        table.add_row(str(path), *(f"{c} {p:.3f}" for c, p in top))
+        table.add_row(plain(path), *(plain(f"{c} {p:.3f}") for c, p in top))
     out.print(table)
 
 
@@ -78,5 +76,5 @@ def _prediction_text(files: list[Path], tops: list, k: int, fmt: str) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")])
     for path, top in zip(files, tops):
-        writer.writerow([str(path)] + [v for c, p in top for v in (c, f"{p:.6f}")])
+        writer.writerow([printable(path)] + [v for c, p in top for v in (printable(c), f"{p:.6f}")])
     return buf.getvalue()

@@ -27,7 +27,7 @@ _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
 DRAFT_MARGIN = 2
 # Part of every entry's path: bump it whenever decode_array's output changes, so arrays from an
 # older decoder are never mixed with new ones (results would depend on the cache's history).
-DECODER_VERSION = 2
+DECODER_VERSION = 3  # 3: 16-bit images in integer maths, transparency pasted on white
 
 
 def cache_root() -> Path:

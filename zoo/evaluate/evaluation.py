@@ -21,6 +21,7 @@ import numpy as np
 
 from zoo.data.cache import decode_array
 from zoo.data.dataset import visible_files
+from zoo.data.imaging import read_photo
 from zoo.data.splits import splits_dir
 from zoo.data.tta import TTA_VIEWS
 from zoo.errors import UnreadableImageError, ZooError
@@ -101,19 +102,8 @@ def safe_stem(name: str) -> str:
 # ---- decoding and predicting files ----------------------------------------------------------
 def _decode(path: Path, side: int) -> tuple[np.ndarray, str] | str:
     """(array, sha256) of a photo, or the reason it cannot be used."""
-    if path.exists() and not path.is_dir() and not path.is_file():
-        return "not a regular file"
     try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        return "is a folder"
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as exc:
-        return f"cannot read file ({exc.strerror})"
-    if not data:
-        return "empty file (0 bytes)"
-    try:
+        data = read_photo(path)
         return decode_array(data, side), hashlib.sha256(data).hexdigest()
     except UnreadableImageError as exc:
         return exc.reason
@@ -205,21 +195,21 @@ def _own_split(predictor: ModelPredictor, tta: bool, home: Path | None,
 
 
 def _class_folders(folder: Path, classes: list[str]) -> tuple[dict[Path, int], dict[str, int]]:
-    """Known class folders -> class index (names matched ignoring case); unknown -> file count."""
+    """Known class folders -> class index (names matched ignoring case); unknown -> file count.
+
+    Nothing is walked before at least one folder is known to be a class of the model, so a
+    wrong ``--data`` (``/``) is refused at once."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         raise ZooError(f"No class folders in {folder}: expected {folder}/<class>/<image>, with "
                        "class folders named like the model's classes.")
     index = {c.casefold(): i for i, c in enumerate(classes)}
-    known, unknown = {}, {}
-    for d in subdirs:
-        if d.name.casefold() in index:
-            known[d] = index[d.name.casefold()]
-        else:
-            unknown[d.name] = len(visible_files(d))
+    known = {d: index[d.name.casefold()] for d in subdirs if d.name.casefold() in index}
     if not known:
-        raise ZooError(f"None of the class folders in {folder} ({', '.join(unknown)}) is a class "
+        names = ", ".join(d.name for d in subdirs[:20]) + (", ..." if len(subdirs) > 20 else "")
+        raise ZooError(f"None of the class folders in {folder} ({names}) is a class "
                        f"of this model ({', '.join(classes)}): nothing to evaluate.")
+    unknown = {d.name: len(visible_files(d)) for d in subdirs if d not in known}
     return known, unknown
 
 
@@ -239,17 +229,13 @@ def _training_hashes(meta: dict, home: Path | None) -> set[str]:
 def _external(predictor: ModelPredictor, folder: Path, tta: bool, home: Path | None,
               progress: Progress | None) -> Evaluation:
     known, unknown = _class_folders(folder, predictor.classes)
-    files, labels = [], []
-    for d, label in known.items():
-        found = visible_files(d)
-        files += found
-        labels += [label] * len(found)
+    files = visible_files(*known)
+    label_of = {d.name: label for d, label in known.items()}
     result = predict_files(predictor, files, tta, progress)
     if not result.files:
         raise ZooError(f"No readable photo in the class folders of {folder} "
                        f"({len(result.unreadable)} unreadable).")
-    label_of = dict(zip(files, labels))
-    y = np.array([label_of[f] for f in result.files], dtype=np.int64)
+    y = np.array([label_of[f.relative_to(folder).parts[0]] for f in result.files], dtype=np.int64)
     classes = predictor.classes
     seen = _training_hashes(predictor.meta, home)
     return Evaluation(
