@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from zoo.data.cache import DecodeCache, cache_root, decode_array
+from zoo.data.cache import Cleared, DecodeCache, cache_root, decode_array
 from zoo.data.imaging import load_image, resize_short_side
 
 SIDE = 32
@@ -181,14 +181,39 @@ def test_get_many_keeps_order_and_counts(cache: DecodeCache, photos) -> None:
 
 
 def test_clear_removes_entries_and_reports_bytes(cache: DecodeCache, photos) -> None:
-    assert cache.clear() == 0  # nothing cached yet
+    assert cache.clear() == Cleared()  # nothing cached yet
     for file, sha in photos.values():
         cache.get(file, sha, SIDE)
     on_disk = sum(f.stat().st_size for f in cache.root.rglob("*.npy"))
-    assert cache.clear() == on_disk > 0
+    assert cache.clear() == Cleared(4, on_disk, []) and on_disk > 0
     assert not cache.root.exists()
     cache.get(*photos["png"], SIDE)
     assert cache.misses == 5
+
+
+def test_clear_leaves_files_that_are_not_entries(tmp_path: Path, photos, monkeypatch) -> None:
+    """A user's files in the cache folder (or a folder named as the cache by mistake) stay."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    cache = DecodeCache()
+    cache.get(*photos["jpeg"], SIDE)
+    entry = cache.path(photos["jpeg"][1], SIDE)
+    leftover = entry.parent / f".{entry.name}.k2j_x9.tmp"  # what an interrupted write leaves
+    leftover.write_bytes(b"x" * 1000)
+    mine = [cache.root / "notes.txt", entry.parent / "holiday.npy", cache.root / "v2" / "README"]
+    for path in mine:
+        path.write_text("keep me")
+    (cache.root / "link.npy").symlink_to(entry)
+    from zoo.cli import app
+
+    result = CliRunner().invoke(app, ["cache", "clear"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    assert not entry.exists() and not leftover.exists()
+    said = " ".join(result.output.split())
+    assert "(2 cache entries)" in said and "freed 0.0 MB" not in said and " kB " in said
+    assert "left 4 file(s) there that are not cache entries" in said
+    for path in mine:
+        assert path.read_text() == "keep me" and f"{path}: not deleted" in said
+    assert (cache.root / "link.npy").is_symlink()
 
 
 def test_default_location_is_under_zoo_home(tmp_path: Path, monkeypatch) -> None:

@@ -10,6 +10,8 @@ from zoo.cli.app import DataOpt, QuietOpt, cache_app, data_app
 from zoo.console import out, plain, print_reasons
 from zoo.errors import ZooError
 
+KEPT_SHOWN = 10  # files not deleted by `zoo cache clear` listed by name
+
 if TYPE_CHECKING:
     from zoo.data.dataset import DatasetIndex
     from zoo.data.splits import Split
@@ -77,6 +79,17 @@ def cache_clear() -> None:
     from zoo.data.cache import DecodeCache
 
     cache = DecodeCache()
-    out.print(f"freed {cache.clear() / 1e6:.1f} MB from {cache.root}")
+    cleared = cache.clear()
+    out.print(plain(f"freed {_size(cleared.bytes)} ({cleared.entries:,} cache entries) from "
+                    f"{cache.root}"), highlight=False, soft_wrap=True)
+    if cleared.kept:
+        print_reasons(out, f"left {len(cleared.kept)} file(s) there that are not cache entries:",
+                      [(path, "not deleted") for path in cleared.kept[:KEPT_SHOWN]])
+        if len(cleared.kept) > KEPT_SHOWN:
+            out.print(f"  ... and {len(cleared.kept) - KEPT_SHOWN} more")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 

@@ -4,11 +4,14 @@ an edited photo is a new entry; the cache lives under the run root (``<ZOO_HOME>
 or ``ZOO_CACHE_DIR``)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import shutil
+import re
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +31,9 @@ DRAFT_MARGIN = 2
 # Part of every entry's path: bump it whenever decode_array's output changes, so arrays from an
 # older decoder are never mixed with new ones (results would depend on the cache's history).
 DECODER_VERSION = 3  # 3: 16-bit images in integer maths, transparency pasted on white
+# What ``DecodeCache.path`` writes, relative to the cache root (any decoder version), and what
+# ``atomic_path`` leaves beside it when a write is interrupted: nothing else is deleted by clear().
+_ENTRY = re.compile(r"v\d+/\d+/[0-9a-f]{2}/([0-9a-f]{64}\.npy|\.[0-9a-f]{64}\.npy\.\w+\.tmp)")
 
 
 def cache_root() -> Path:
@@ -66,6 +72,15 @@ def _full_size(source: str | Path | bytes, decoded: tuple[int, int]) -> tuple[in
         return None
     reduced = any((-(-w // r), -(-h // r)) == tuple(decoded) for r in (1, 2, 4, 8))
     return (w, h) if reduced else None
+
+
+@dataclass
+class Cleared:
+    """What ``DecodeCache.clear`` did: entries deleted, their bytes, other files left alone."""
+
+    entries: int = 0
+    bytes: int = 0
+    kept: list[Path] = field(default_factory=list)
 
 
 def _valid(arr: np.ndarray, side: int) -> bool:
@@ -119,10 +134,23 @@ class DecodeCache:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(one, zip(files, shas)))
 
-    def clear(self) -> int:
-        """Delete every entry; returns the number of bytes freed."""
-        if not self.root.exists():
-            return 0
-        size = sum(f.stat().st_size for f in self.root.rglob("*.npy"))
-        shutil.rmtree(self.root)
-        return size
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def clear(self) -> Cleared:
+        """Delete the cache entries (and the leftovers of interrupted writes), then the folders
+        left empty; any other file under the cache folder is left alone and listed."""
+        cleared = Cleared()
+        for folder, _, names in os.walk(self.root, topdown=False):
+            for name in names:
+                path = Path(folder) / name
+                info = path.lstat()
+                if not (stat.S_ISREG(info.st_mode) and _ENTRY.fullmatch(self._key(path))):
+                    cleared.kept.append(path)
+                    continue
+                path.unlink()
+                cleared.entries += 1
+                cleared.bytes += info.st_size
+            with contextlib.suppress(OSError):  # not empty: it holds files that are not ours
+                os.rmdir(folder)
+        return cleared
