@@ -29,6 +29,7 @@ class FakePredictor:
 
     name = "fake-colour"
     classes = ["biotite", "pyrite", "quartz"]
+    decode_side = 256  # what a 224 px model decodes at
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
         weights = np.stack([np.asarray(img, dtype=float).reshape(-1, 3).mean(0) + 1.0 for img in images])

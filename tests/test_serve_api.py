@@ -26,6 +26,7 @@ class FakePredictor:
 
     name = "fake-colour-1"
     classes = CLASSES
+    decode_side = 32  # the size of the test images: decoded as they are
 
     def __init__(self) -> None:
         self.active = 0

@@ -33,6 +33,7 @@ class FakePredictor:
 
     name = "fake-colour-1"
     classes = ["biotite", "pyrite", "quartz"]
+    decode_side = 64
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
         weights = np.stack([np.asarray(img, dtype=float).reshape(-1, 3).mean(0) + 1.0 for img in images])
@@ -112,3 +113,13 @@ def test_low_confidence_note_and_errors(page: Any, base_url: str) -> None:
     sync_api.expect(page.locator("#error")).to_contain_text("Unreadable image")
     sync_api.expect(page.locator("#results .prediction")).to_have_count(0)
     sync_api.expect(page.locator("#low-confidence")).to_be_hidden()
+
+
+def test_api_docs_render_with_local_assets_only(page: Any, base_url: str) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(base_url + "/docs")
+    sync_api.expect(page.locator(".swagger-ui .info .title")).to_contain_text("mineral-zoo")
+    sync_api.expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    assert "/api/predict" in page.locator(".swagger-ui").inner_text()
+    assert requested and all(url.startswith((base_url, "data:")) for url in requested), requested

@@ -1,11 +1,15 @@
 """Web app for `zoo serve`: one page to identify a mineral from a photo, plus a small JSON API.
 
-The predictor is loaded once and shared by every request. Images are decoded in the threadpool,
+The predictor is loaded once and shared by every request. Images are decoded in the threadpool
+as `zoo predict` decodes them, at most `max_decodes` at a time (each may take up to ~0.9 GB),
 and forward passes are serialised with a lock: on a few CPU cores concurrent passes gain nothing
-and some models are not safe to call from several threads at once.
+and some models are not safe to call from several threads at once. Slow or silent clients are cut
+off (see `server_config`), and /docs serves Swagger UI from a local copy, never a CDN.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import socket
 import threading
 import time
@@ -14,16 +18,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
+import h11
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
+from swagger_ui_bundle import swagger_ui_path
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from zoo.data.imaging import load_image
+from zoo.data.cache import decode_array
 from zoo.errors import UnreadableImageError
 from zoo.evaluate.predictor import top_k
 
@@ -31,6 +40,25 @@ STATIC_DIR = Path(__file__).parent / "static"
 TOP_K = 3
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# Photos decoded (and predicted) at once: a photo at the pixel limit takes up to ~0.9 GB while it
+# is decoded (a 64-megapixel PNG with transparency), so two keep a busy server under 2 GB over
+# the model, however many large uploads arrive together.
+MAX_DECODES = 2
+# Seconds a client has to send its request line and headers (from connecting, or from the end
+# of its previous response), and then the body: silent or trickling clients are cut off.
+HEADERS_TIMEOUT = 10.0
+BODY_TIMEOUT = 60.0
+# Open connections served at once; past this, requests get 503 until others finish.
+MAX_CONNECTIONS = 100
+MAX_HEADER_BYTES = 16 * 1024
+KEEP_ALIVE_SECONDS = 5
+DOCS_ASSETS = "/docs-assets"
+# /docs may only load what this server sends: Swagger UI's inline start-up script and styles, and
+# its bundle from DOCS_ASSETS.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+}
 # The page may only use what this server sends (no CDN); previews are blob: URLs.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'",
@@ -57,29 +85,36 @@ class Predictor(Protocol):
 
     name: str
     classes: list[str]
+    decode_side: int  # photos are decoded with their shorter side this long
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def info(self) -> dict[str, Any]: ...
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024) -> FastAPI:
-    """Build the FastAPI app serving `predictor`; uploads above `max_upload_bytes` get 413."""
+def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
+               body_timeout: float = BODY_TIMEOUT, max_decodes: int = MAX_DECODES) -> FastAPI:
+    """Build the FastAPI app serving `predictor`: uploads above `max_upload_bytes` get 413, a
+    body that takes longer than `body_timeout` seconds to arrive 408, an unreadable photo 400."""
     app = FastAPI(
         title="mineral-zoo",
         summary=f"Identify minerals from photos with the model {predictor.name}.",
+        docs_url=None,
+        redoc_url=None,
     )
     info = predictor.info()
     lock = threading.Lock()
+    decodes = threading.BoundedSemaphore(max_decodes)
 
     def predict_bytes(data: bytes) -> dict[str, Any]:
         start = time.perf_counter()
-        try:
-            image = load_image(data)
-        except UnreadableImageError as exc:
-            raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
-        with lock:
-            probs = np.asarray(predictor.predict_proba([image]), dtype=float)
+        with decodes:
+            try:
+                image = Image.fromarray(decode_array(data, predictor.decode_side))
+            except UnreadableImageError as exc:
+                raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
+            with lock:
+                probs = np.asarray(predictor.predict_proba([image]), dtype=float)
         return {
             "predictions": [{"class": c, "probability": p}
                             for c, p in top_k(probs, predictor.classes, TOP_K)[0]],
@@ -102,10 +137,28 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024) -
     @app.post("/api/predict", openapi_extra=PREDICT_BODY_SCHEMA)
     async def predict(request: Request) -> dict[str, Any]:
         """Top-3 classes for the photo sent as multipart/form-data in the field `file`."""
-        data = await _read_upload(request, max_upload_bytes)
+        try:
+            with anyio.fail_after(body_timeout):
+                data = await _read_upload(request, max_upload_bytes)
+        except TimeoutError as exc:
+            raise HTTPException(status_code=408, headers={"Connection": "close"},
+                                detail=f"Upload too slow: the photo did not arrive within "
+                                       f"{body_timeout:g} seconds.") from exc
         return await run_in_threadpool(predict_bytes, data)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="mineral-zoo API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
+        page.headers.update(DOCS_HEADERS)
+        return page
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
 
 
@@ -164,23 +217,69 @@ def _replayed(request: Request, body: bytes) -> Request:
     return Request(request.scope, receive)
 
 
+class _DeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus what it lacks: a deadline for each request's line and
+    headers. A client that connects and sends nothing, or its headers a byte at a time, is cut
+    off after `headers_timeout` seconds instead of holding a connection forever."""
+
+    def __init__(self, *args: Any, headers_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers_timeout = headers_timeout
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.loop.call_later(self.headers_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """Close the connection if its request's headers are still incomplete."""
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000,
+                  headers_timeout: float = HEADERS_TIMEOUT, **settings: Any) -> uvicorn.Config:
+    """uvicorn settings that bound what one client can hold: time to send the headers, idle
+    keep-alive, header size, and open connections (more get 503). `settings` override those
+    or add other `uvicorn.Config` settings."""
+    limits = {"timeout_keep_alive": KEEP_ALIVE_SECONDS, "limit_concurrency": MAX_CONNECTIONS,
+              "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+    protocol = functools.partial(_DeadlineProtocol, headers_timeout=headers_timeout)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, **{**limits, **settings})
+
+
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the page and API for `predictor` until interrupted."""
-    uvicorn.run(create_app(predictor), host=host, port=port)
+    uvicorn.Server(server_config(create_app(predictor), host, port)).run()
 
 
 @contextmanager
-def run_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+def run_in_thread(app: FastAPI, host: str = "127.0.0.1", **settings: Any) -> Iterator[str]:
     """Serve `app` from this process: uvicorn in a background thread on a free port of `host`.
 
     Yields the base URL once the server accepts requests and stops it on exit. For callers that
     build their own app around a predictor without a run (benchmarks/serve_load.py --fake, tests).
+    The limits are those of `server_config`, which `settings` go to.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host, port, **{"log_level": "warning", **settings}))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
