@@ -18,11 +18,26 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers_badfiles import RED, Case, bomb_png, encode, png_chunks, textured, write_bad_dataset
+from tests.helpers_badfiles import (
+    RED,
+    Case,
+    bomb_png,
+    encode,
+    png_chunks,
+    textured,
+    write_bad_dataset,
+)
 from zoo.cli import app
 from zoo.data.cache import decode_array
 from zoo.data.dataset import DatasetIndex, scan_dataset
-from zoo.data.imaging import MAX_ASPECT, MAX_FILE_BYTES, MAX_PIXELS, load_image, read_photo, short_side_size
+from zoo.data.imaging import (
+    MAX_ASPECT,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    load_image,
+    read_photo,
+    short_side_size,
+)
 from zoo.data.splits import MIN_PER_CLASS, make_split
 from zoo.errors import UnreadableImageError, UnsafeFileError, ZooError
 from zoo.fileio import read_bytes
@@ -254,8 +269,9 @@ def test_large_photo_is_converted_without_big_copies(depth, colour_type, pixel, 
     pixel (+1.6 GB for 64 megapixels), blending transparency through RGBA copies 15; both now
     stay under 12, measured in a fresh process."""
     side = 4_000
-    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(side), str(depth), str(colour_type), pixel],
-                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    args = [str(side), str(depth), str(colour_type), pixel]
+    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, *args], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
     shown, grown_kib = run.stdout.rsplit(" ", 1)
     assert shown == str(rgb)

@@ -66,8 +66,8 @@ def models(all_: bool = typer.Option(False, "--all", help="List every timm archi
     for col in ("recipe", "model", "pretrained", "weights here", "image size"):
         table.add_column(col)
     for e in model_table():
-        table.add_row(plain(e.recipe or "-"), plain(e.model), "yes" if e.pretrained else "no", plain(e.weights),
-                      "-" if e.image_size is None else str(e.image_size))
+        table.add_row(plain(e.recipe or "-"), plain(e.model), "yes" if e.pretrained else "no",
+                      plain(e.weights), "-" if e.image_size is None else str(e.image_size))
     out.print(table)
     out.print("Any timm model name also works: `zoo train <timm name>` (see `zoo models --all`).")
 

@@ -38,7 +38,8 @@ def ensemble(
     path = build_ensemble(select_members(members, top, home), method, name, home)
     meta = read_meta(path)
     test = meta["metrics"]["test"]
-    out.print(Text.assemble(("done", "bold green"), " ", plain(f"{meta['name']}: {meta['description']}")))
+    done = plain(f"{meta['name']}: {meta['description']}")
+    out.print(Text.assemble(("done", "bold green"), " ", done))
     out.print(f"  test_acc {test['accuracy']:.4f}  macro_f1 {test['macro_f1']:.4f}  "
               f"nll {test['nll']:.4f}  ece {test['ece']:.4f}  (val_acc "
               f"{meta['metrics']['val']['accuracy']:.4f}{oof})")

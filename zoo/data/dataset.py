@@ -142,7 +142,8 @@ def _class_dirs(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     dirs = [p for p in entries if p.is_dir() and valid_name(p.name)]
     stray = [(printable(p.name) + "/", "class folder name is not valid UTF-8: rename the folder")
              for p in entries if p.is_dir() and not valid_name(p.name)]
-    stray += [(printable(p.name), "not inside a class folder (ignored)") for p in entries if not p.is_dir()]
+    stray += [(printable(p.name), "not inside a class folder (ignored)")
+              for p in entries if not p.is_dir()]
     return dirs, stray
 
 
