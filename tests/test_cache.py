@@ -199,7 +199,7 @@ def test_clear_leaves_files_that_are_not_entries(tmp_path: Path, photos, monkeyp
     entry = cache.path(photos["jpeg"][1], SIDE)
     leftover = entry.parent / f".{entry.name}.k2j_x9.tmp"  # what an interrupted write leaves
     leftover.write_bytes(b"x" * 1000)
-    mine = [cache.root / "notes.txt", entry.parent / "holiday.npy", cache.root / "v2" / "README"]
+    mine = [cache.root / "notes.txt", entry.parent / "holiday.npy", entry.parents[2] / "README"]
     for path in mine:
         path.write_text("keep me")
     (cache.root / "link.npy").symlink_to(entry)
