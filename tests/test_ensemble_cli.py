@@ -9,18 +9,26 @@ import pytest
 from typer.testing import CliRunner
 
 from zoo.cli import app
+from zoo.models.factory import build_model, count_params
 from zoo.store.leaderboard import record
-from zoo.store.runs import save_predictions, write_meta
+from zoo.store.runs import save_predictions, save_weights, write_meta
 
 CLASSES = ["biotite", "pyrite", "quartz"]
+TINY = {"widths": [4, 8]}
+PRE = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic", "crop_pct": 0.875}
 
 
 def _fake_run(home: Path, name: str, accuracy: float, seed: int, **meta_over) -> None:
-    """A finished run whose stored predictions are right with probability ``accuracy``."""
+    """A finished run (a tiny untrained checkpoint) whose stored predictions are right with
+    probability ``accuracy``."""
     rng = np.random.default_rng(seed)
-    meta = {"name": name, "kind": "model", "status": "finished", "model": "fake",
-            "classes": CLASSES, "split_id": "split-a", "dataset": "d", "params": 10,
-            "fit_seconds": 1.0, "infer_img_per_s": 100.0, "metrics": {}} | meta_over
+    model = build_model("custom_cnn", len(CLASSES), **TINY)
+    save_weights(home / name / "model.safetensors", model)
+    meta = {"name": name, "kind": "model", "status": "finished", "model": "custom_cnn",
+            "model_kwargs": TINY, "preprocessing": PRE, "classes": CLASSES, "split_id": "split-a",
+            "dataset": "d", "params": count_params(model), "fit_seconds": 1.0,
+            "infer_img_per_s": 100.0, "metrics": {"val": {"accuracy": accuracy},
+                                                  "test": {"accuracy": accuracy}}} | meta_over
     for split, n in (("val", 60), ("test", 60)):
         labels = np.arange(n) % len(CLASSES)
         right = rng.random(n) < accuracy
@@ -76,6 +84,7 @@ def test_top_k_picks_the_best_models_on_validation(home: Path) -> None:
 
 @pytest.mark.parametrize("change, message", [
     ({"classes": ["a", "b", "c"]}, "classes"),
+    ({"model_kwargs": {"widths": [4, 16]}}, "does not fit"),
     ({"split_id": "split-b"}, "split"),
     ({"status": "running"}, "did not finish"),
 ])

@@ -1,6 +1,24 @@
 """Errors a user can cause. The CLI turns them into a clear message and a non-zero exit."""
 from __future__ import annotations
 
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 40
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (with "..."), for user text quoted in messages."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def short(value: object) -> str:
+    """A short ``repr`` of user input for messages: a huge or deeply nested value stays one line."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int too long to print (Python's int_max_str_digits)
+        return f"<{type(value).__name__} too long to show>"
+
 
 class ZooError(Exception):
     """A problem the user can fix: the message says what, where, and what to do."""

@@ -33,13 +33,13 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; others may read runs
     except OSError as exc:
         raise ZooError(f"Cannot write {path}: {_reason(exc)}{_blocker(path)}. Check that the folder "
                        "is writable (ZOO_HOME chooses the run folder, ZOO_SPLITS_DIR the split "
                        "folder).") from exc
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's (and safetensors') 0600: others may read runs
         if durable:
             _fsync(tmp)
         os.replace(tmp, path)

@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from zoo.data.imaging import short_side_array  # noqa: E402
 from zoo.data.preprocessing import Preprocessing  # noqa: E402
-from zoo.errors import ZooError  # noqa: E402
+from zoo.errors import ZooError, clip, short  # noqa: E402
 
 _SIZED = {"RandomResizedCrop", "RandomCrop", "CenterCrop", "Resize", "RandomSizedCrop"}
 
@@ -22,7 +22,7 @@ _SIZED = {"RandomResizedCrop", "RandomCrop", "CenterCrop", "Resize", "RandomSize
 def _make(name: str, kwargs: dict, size: int) -> A.BasicTransform:
     cls = getattr(A, name, None)
     if not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
-        raise ZooError(f"augment.train: '{name}' is not an albumentations transform "
+        raise ZooError(f"augment.train: {short(name)} is not an albumentations transform "
                        "(see https://albumentations.ai/docs/ for names, e.g. HorizontalFlip).")
     kwargs = dict(kwargs or {})
     if name == "RandomResizedCrop":
@@ -36,7 +36,7 @@ def _make(name: str, kwargs: dict, size: int) -> A.BasicTransform:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ZooError(f"augment.train: {name}({kwargs}) is invalid: {exc}") from exc
+        raise ZooError(f"augment.train: {name}({short(kwargs)}) is invalid: {clip(str(exc), 300)}") from exc
 
 
 def build_train_transform(steps: list[dict], size: int, seed: int) -> A.Compose:
@@ -44,7 +44,7 @@ def build_train_transform(steps: list[dict], size: int, seed: int) -> A.Compose:
     transforms = []
     for step in steps:
         if not isinstance(step, dict) or len(step) != 1:
-            raise ZooError(f"augment.train: each step must be one '{{Name: {{args}}}}' mapping, got {step!r}")
+            raise ZooError(f"augment.train: each step must be one '{{Name: {{args}}}}' mapping, got {short(step)}")
         (name, kwargs), = step.items()
         transforms.append(_make(name, kwargs, size))
     if not any(type(t).__name__ in _SIZED for t in transforms):

@@ -19,6 +19,7 @@ from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
 from zoo.models.factory import build_model
 from zoo.models.inference import predict_logits
+from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.runs import load_weights, read_meta, run_dir
 
 TTA_CHUNK = 32  # photos per TTA batch (x5 views)
@@ -36,12 +37,14 @@ class ModelPredictor:
         self.name = self.meta["name"]
         self.classes: list[str] = self.meta["classes"]
         self.pre = Preprocessing.from_dict(self.meta["preprocessing"])
+        verify_checkpoint(path, self.meta)  # before building: the header must fit meta.json
         self.model = build_model(self.meta["model"], len(self.classes), **self.meta.get("model_kwargs", {}))
         weights = load_weights(path / "model.safetensors")
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise ZooError(f"Checkpoint {path / 'model.safetensors'} cannot be loaded: {exc}") from exc
+            raise ZooError(f"Checkpoint {path / 'model.safetensors'} cannot be loaded: "
+                           f"{str(exc)[:300]}") from exc
         self.model.eval()
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
 
@@ -95,6 +98,8 @@ class EnsemblePredictor(ModelPredictor):
         self.meta = read_meta(path)
         self.name = self.meta["name"]
         self.classes = self.meta["classes"]
+        for member in self.meta["members"]:
+            check_member(path, member, read_meta(run_dir(member, path.parent)))
         self.members = [load_predictor(m, path.parent) for m in self.meta["members"]]
         self.method = load_method(self.meta["ensemble"])
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
@@ -108,6 +113,14 @@ class EnsemblePredictor(ModelPredictor):
         if not arrays:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.method.predict_proba([m.predict_arrays(arrays, tta=tta) for m in self.members])
+
+
+def check_member(ensemble: Path, member: str, meta: dict) -> None:
+    """An ensemble's members are trained models: never the ensemble itself or another ensemble."""
+    if member == ensemble.name or meta.get("kind") != "model":
+        raise ZooError(f"Ensemble {ensemble / 'meta.json'} lists '{member}' as a member, but "
+                       f"'{member}' is {'the ensemble itself' if member == ensemble.name else 'an ensemble'}: "
+                       "members must be trained models. Re-create the ensemble with `zoo ensemble`.")
 
 
 def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zoo.errors import WeightsNotFoundError, ZooError
-from zoo.models.factory import build_model
+from zoo.models.factory import build_model, check_model_kwargs
 from zoo.models.registry import is_zoo_model
 
 HUB_HOST = ("huggingface.co", 443)
@@ -82,6 +82,21 @@ def _missing_message(name: str, reason: str) -> str:
             f"Or train from random initialisation on purpose: --set model.pretrained=false")
 
 
+Shapes = dict[str, tuple[int, ...]]
+
+
+def state_mismatch(expected: Shapes, found: Shapes, shown: int = 3) -> str | None:
+    """How the tensors ``found`` in a file differ from those a model ``expected`` (names and
+    shapes), summarised: counts and the first few names; None when they match."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} {list(found[k])} instead of {list(expected[k])}"
+                for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    parts = [f"{len(names)} {what} (e.g. {', '.join(names[:shown])})" for what, names in (
+        ("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)) if names]
+    return "; ".join(parts) or None
+
+
 def load_state_into(model: nn.Module, path: Path) -> None:
     """Load a safetensors state dict; the classifier may differ (a new head is trained)."""
     try:
@@ -89,16 +104,14 @@ def load_state_into(model: nn.Module, path: Path) -> None:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ZooError(f"Cannot read weights {path}: {exc}. Only .safetensors files are "
                        "accepted (never pickled checkpoints).") from exc
-    own = model.state_dict()
-    head = {k for k in own if k.startswith(_classifier_prefix(model))}
-    state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in head]
-    if missing or result.unexpected_keys:
-        bad = (missing or result.unexpected_keys)[:3]
-        raise ZooError(f"Weights {path} do not fit model {type(model).__name__}: "
-                       f"{len(missing)} missing and {len(result.unexpected_keys)} unexpected keys "
-                       f"(e.g. {', '.join(bad)}). Is it the file for another architecture?")
+    head = _classifier_prefix(model)
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(head)}
+    problem = state_mismatch(own, {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise ZooError(f"Weights {path} do not fit model {type(model).__name__}: {problem}. Is it "
+                       "the file for another architecture?")
+    model.load_state_dict(state, strict=False)
 
 
 def _classifier_prefix(model: nn.Module) -> str:
@@ -129,6 +142,7 @@ def create_pretrained(name: str, num_classes: int, weights: str | Path | None = 
         raise WeightsNotFoundError(_missing_message(name, "the zoo's own models have no hub weights"))
     if not timm.get_pretrained_cfg(name):
         raise WeightsNotFoundError(_missing_message(name, "timm knows no pretrained weights for it"))
+    check_model_kwargs(kwargs)
     if not hub_cached(name) and not hub_reachable():
         raise WeightsNotFoundError(_missing_message(name, "offline, not in ZOO_WEIGHTS_DIR or the hub cache"))
     try:

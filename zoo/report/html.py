@@ -9,14 +9,16 @@ import json
 from html import escape
 from pathlib import Path
 
-from zoo.fileio import write_text
+from zoo.errors import ZooError
+from zoo.fileio import open_regular, read_text, write_text
 from zoo.store.leaderboard import stored_evaluations
-from zoo.store.runs import read_meta, run_dir
+from zoo.store.runs import CONFIG_MAX_BYTES, read_meta, run_dir
 
 METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
            ("macro_f1", "macro-F1"), ("nll", "NLL"), ("ece", "ECE (calibrated)"),
            ("ece_uncalibrated", "ECE (before calibration)"), ("n", "photos")]
 PLOT_ORDER = ["learning_curves", "confusion_matrix", "reliability", "top_losses"]
+PLOT_MAX_BYTES = 16 * 2**20
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
@@ -81,8 +83,13 @@ def _plot_key(file: Path) -> tuple[int, str]:
 def _plots_section(path: Path) -> str:
     figures = []
     for file in sorted((path / "plots").glob("*.png"), key=_plot_key):
-        data = base64.b64encode(file.read_bytes()).decode("ascii")
         title = escape(file.stem.replace("_", " "))
+        try:
+            with open_regular(file, PLOT_MAX_BYTES) as fh:
+                data = base64.b64encode(fh.read()).decode("ascii")
+        except (OSError, ZooError) as exc:  # a pipe, a giant or a vanished file: not shown
+            figures.append(f"<p class='muted'>{title}: not shown ({escape(str(exc))})</p>")
+            continue
         figures.append(f"<figure><figcaption>{title}</figcaption>"
                        f"<img alt='{title}' src='data:image/png;base64,{data}'></figure>")
     return "<h2>Plots</h2>" + ("".join(figures) or "<p class='muted'>No plots.</p>")
@@ -104,11 +111,18 @@ def _summary(meta: dict) -> str:
         "<thead><tr><th></th><th></th></tr></thead>", "")
 
 
+def _config_text(config: Path) -> str:
+    try:
+        return read_text(config, CONFIG_MAX_BYTES)
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"Run file {config} cannot be shown: {exc}.") from exc
+
+
 def render_report(path: Path) -> str:
     meta = read_meta(path)
     config = path / "config.yaml"
-    if config.is_file():
-        config_html = f"<h2>Config</h2><pre>{escape(config.read_text())}</pre>"
+    if config.exists():
+        config_html = f"<h2>Config</h2><pre>{escape(_config_text(config))}</pre>"
     else:
         fitted = json.dumps(meta.get("ensemble", {}), indent=2)
         config_html = f"<h2>Ensemble</h2><pre>{escape(fitted)}</pre>"

@@ -4,19 +4,22 @@ Table ``runs`` also holds a ``<run>+tta`` row (kind ``tta``) once a run was eval
 test-time augmentation on its own split; table ``evaluations`` holds scores on external test
 folders (``zoo evaluate RUN --data DIR``), ranked with ``zoo leaderboard --on DIR``.
 WAL mode and a busy timeout let two trainings write at once; both tables can always be rebuilt
-from the run folders (meta.json, evaluations/*.json), which stay the source of truth.
+from the run folders (meta.json, evaluations/*.json), which stay the source of truth. The schema
+carries a version (``PRAGMA user_version``): a leaderboard from an older mineral-zoo is rebuilt
+from the run folders on first use, saying so.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
+from zoo.console import err
 from zoo.errors import ZooError
 from zoo.paths import runs_home
 from zoo.store.runs import read_meta, run_names
+from zoo.store.schema import StoredEvaluation, read_checked
 
 COLUMNS = {
     "name": "TEXT PRIMARY KEY", "kind": "TEXT", "model": "TEXT", "dataset": "TEXT",
@@ -31,6 +34,7 @@ EVAL_COLUMNS = {
     "ece_uncalibrated": "REAL", "n": "INTEGER", "unknown_skipped": "INTEGER",
     "unreadable": "INTEGER", "created": "TEXT",
 }
+SCHEMA_VERSION = 1  # raise with every change of COLUMNS or EVAL_COLUMNS
 SORTABLE = [c for c, t in COLUMNS.items() if t in ("REAL", "INTEGER")] + ["name", "created"]
 ASCENDING = {"test_nll", "ece", "fit_seconds", "params"}
 TTA_SUFFIX = "+tta"
@@ -46,15 +50,44 @@ def _connect(home: Path | None) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(path, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
-        cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
-        con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
-        cols = ", ".join(f"{c} {t}" for c, t in EVAL_COLUMNS.items())
-        con.execute(f"CREATE TABLE IF NOT EXISTS evaluations ({cols}, PRIMARY KEY (run, on_folder, tta))")
+        if _version(con) != SCHEMA_VERSION:
+            _upgrade(con, home or runs_home())
         return con
     except (sqlite3.Error, OSError) as exc:
         raise ZooError(f"Cannot open the leaderboard {path}: {exc}. ZOO_HOME must be a writable "
-                       "folder; if the file is damaged, delete it and run "
-                       "`zoo leaderboard --rebuild`.") from exc
+                       "folder; if the file is damaged, delete it (the run folders keep every "
+                       "result) and run `zoo leaderboard --rebuild`.") from exc
+
+
+def _version(con: sqlite3.Connection) -> int:
+    return con.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _upgrade(con: sqlite3.Connection, home: Path) -> None:
+    """Create the tables, or recreate those of an older schema from the run folders (one
+    transaction: concurrent commands wait, and the first one does the work)."""
+    with con:
+        con.execute("BEGIN IMMEDIATE")
+        version = _version(con)
+        if version > SCHEMA_VERSION:
+            raise ZooError(f"The leaderboard {db_path(home)} was written by a newer mineral-zoo "
+                           f"(schema {version}, this one knows {SCHEMA_VERSION}). Upgrade "
+                           "mineral-zoo, or move the file away and run `zoo leaderboard --rebuild`.")
+        if version == SCHEMA_VERSION:
+            return
+        old = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        con.execute("DROP TABLE IF EXISTS runs")
+        con.execute("DROP TABLE IF EXISTS evaluations")
+        cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
+        con.execute(f"CREATE TABLE runs ({cols})")
+        cols = ", ".join(f"{c} {t}" for c, t in EVAL_COLUMNS.items())
+        con.execute(f"CREATE TABLE evaluations ({cols}, PRIMARY KEY (run, on_folder, tta))")
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if old:
+            done = _fill(con, home)
+            skipped = f", {len(done.skipped)} damaged run folder(s) skipped" if done.skipped else ""
+            err.print(f"note: {db_path(home)} came from an older mineral-zoo; rebuilt it from the "
+                      f"run folders ({done.rows} rows{skipped}).", markup=False, highlight=False)
 
 
 def row_from_meta(meta: dict) -> dict:
@@ -98,92 +131,119 @@ def evaluation_row(evaluation: dict) -> dict:
             "unreadable": len(evaluation.get("unreadable", [])), "created": evaluation["created"]}
 
 
+def _put(con: sqlite3.Connection, table: str, row: dict) -> None:
+    con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
+                f"({', '.join('?' for _ in row)})", list(row.values()))
+
+
 def _insert(table: str, row: dict, home: Path | None) -> None:
     """One row in its own transaction; concurrent writers wait (busy timeout) instead of failing."""
     try:
         with closing(_connect(home)) as con, con:
-            con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
-                        f"({', '.join('?' for _ in row)})", list(row.values()))
+            _put(con, table, row)
     except sqlite3.Error as exc:
         raise ZooError(f"Could not add '{row.get('name') or row.get('run')}' to the leaderboard "
-                       f"{db_path(home)}: {exc}. Its run folder is complete; run `zoo leaderboard "
-                       "--rebuild` once no other zoo command is writing.") from exc
+                       f"{db_path(home)}: {exc}. The run folders keep every result; run `zoo "
+                       "leaderboard --rebuild` once no other zoo command is writing.") from exc
 
 
 def record(meta: dict, home: Path | None = None) -> None:
     _insert("runs", row_from_meta(meta), home)
 
 
-def record_evaluation(meta: dict, evaluation: dict, home: Path | None = None) -> None:
-    """Rank a stored evaluation: own test split with TTA -> ``runs``; a folder -> ``evaluations``."""
+def _evaluation_entry(meta: dict, evaluation: dict) -> tuple[str, dict]:
+    """Own test split with TTA -> a ``runs`` row; a folder -> an ``evaluations`` row."""
     if evaluation["on"] is None:
-        _insert("runs", tta_row(meta, evaluation), home)
-    else:
-        _insert("evaluations", evaluation_row(evaluation), home)
+        return "runs", tta_row(meta, evaluation)
+    return "evaluations", evaluation_row(evaluation)
+
+
+def record_evaluation(meta: dict, evaluation: dict, home: Path | None = None) -> None:
+    """Rank a stored evaluation."""
+    _insert(*_evaluation_entry(meta, evaluation), home)
+
+
+def _evaluations(path: Path) -> tuple[list[dict], list[str]]:
+    """The evaluation records saved in a run folder, and why each damaged one was left out (it
+    is re-created by running `zoo evaluate` again)."""
+    found, skipped = [], []
+    for file in sorted((path / "evaluations").glob("*.json")):
+        try:
+            found.append(read_checked(file, StoredEvaluation))
+        except ZooError as exc:
+            skipped.append(str(exc))
+    return found, skipped
 
 
 def stored_evaluations(path: Path) -> list[dict]:
     """The evaluation records saved in a run folder (damaged ones skipped)."""
-    out = []
-    for file in sorted((path / "evaluations").glob("*.json")):
-        try:
-            out.append(json.loads(file.read_text()))
-        except (OSError, ValueError):
-            continue  # a damaged evaluation is re-created by running `zoo evaluate` again
-    return out
+    return _evaluations(path)[0]
 
 
 class Rebuilt(NamedTuple):
     rows: int
-    skipped: list[str]  # why each damaged run folder was left out
+    skipped: list[str]  # why each damaged run folder or evaluation was left out
 
 
-def _run_metas(home: Path) -> tuple[list[dict], list[str]]:
-    """Every run folder's meta.json, named after its folder; damaged ones left out, with why."""
-    metas, skipped = [], []
+def _rows_from_folders(home: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(table, row) for every run folder and its stored evaluations, rows named after their
+    folders; damaged files left out, with why."""
+    found, skipped = [], []
     for name in run_names(home):
         try:
-            metas.append({**read_meta(home / name), "name": name})
+            meta = {**read_meta(home / name), "name": name}
         except ZooError as exc:
             skipped.append(str(exc))
-    return metas, skipped
+            continue
+        found.append(("runs", row_from_meta(meta)))
+        evaluations, bad = _evaluations(home / name)
+        skipped += bad
+        for evaluation in evaluations:
+            found.append(_evaluation_entry(meta, evaluation))
+    return found, skipped
+
+
+def _fill(con: sqlite3.Connection, home: Path) -> Rebuilt:
+    """Replace every row with those of the run folders, inside the caller's transaction."""
+    found, skipped = _rows_from_folders(home)
+    con.execute("DELETE FROM runs")
+    con.execute("DELETE FROM evaluations")
+    for table, row in found:
+        _put(con, table, row)
+    return Rebuilt(len(found), skipped)
 
 
 def rebuild(home: Path | None = None) -> Rebuilt:
-    """Recreate every row from the run folders; returns the number of rows and the skipped runs."""
+    """Recreate every row from the run folders in one transaction (a failure keeps the old
+    rows); returns the number of rows and the skipped files."""
     home = home or runs_home()
-    metas, skipped = _run_metas(home)
-    with closing(_connect(home)) as con, con:
-        con.execute("DELETE FROM runs")
-        con.execute("DELETE FROM evaluations")
-    count = 0
-    for meta in metas:
-        record(meta, home)
-        evaluations = stored_evaluations(home / meta["name"])
-        for evaluation in evaluations:
-            record_evaluation(meta, evaluation, home)
-        count += 1 + len(evaluations)
-    return Rebuilt(count, skipped)
+    try:
+        with closing(_connect(home)) as con, con:
+            return _fill(con, home)
+    except sqlite3.Error as exc:
+        raise ZooError(f"Could not rebuild the leaderboard {db_path(home)}: {exc}. Its rows are "
+                       "unchanged; try again once no other zoo command is writing.") from exc
 
 
-def _order_by(sort: str) -> str:
-    """The ORDER BY clause for ranking by ``sort`` (best first, unscored last)."""
+def _ranking(sort: str) -> str:
+    """The ORDER BY terms for ranking by ``sort`` (best first, unscored last)."""
     if sort not in SORTABLE:
         raise ZooError(f"Cannot sort by '{sort}'. Choose one of: {', '.join(SORTABLE)}.")
     order = "ASC" if sort in ASCENDING or sort == "name" else "DESC"
-    return f"ORDER BY {sort} IS NULL, {sort} {order}, val_accuracy DESC, name"
+    return f"{sort} IS NULL, {sort} {order}, val_accuracy DESC, name"
 
 
 def rows(home: Path | None = None, sort: str = "test_accuracy", dataset: str | None = None,
          include_unfinished: bool = False) -> list[dict]:
-    order_by = _order_by(sort)
+    ranking = _ranking(sort)
     where, args = [], []
     if not include_unfinished:
         where.append("status = 'finished'")
     if dataset:
         where.append("dataset = ?")
         args.append(dataset)
-    sql = f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} {order_by}"
+    sql = (f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} "
+           f"ORDER BY status IS NOT 'finished', {ranking}")  # unfinished runs after every finished one
     with closing(_connect(home)) as con:
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute(sql, args)]
@@ -210,12 +270,12 @@ def evaluated_folders(home: Path | None = None) -> list[str]:
 def rows_on(on: str, home: Path | None = None, sort: str = "test_accuracy",
             dataset: str | None = None) -> list[dict]:
     """Leaderboard rows scored on the external folder ``on``: ``test_*`` columns are on that folder."""
-    order_by = _order_by(sort)
+    ranking = _ranking(sort)
     args: list[str] = [on]
     where = ""
     if dataset:
         where, args = "WHERE dataset = ?", [on, dataset]
-    sql = f"SELECT * FROM ({_ON_SQL}) {where} {order_by}"
+    sql = f"SELECT * FROM ({_ON_SQL}) {where} ORDER BY {ranking}"
     with closing(_connect(home)) as con:
         con.row_factory = sqlite3.Row
         found = [dict(r) for r in con.execute(sql, args)]

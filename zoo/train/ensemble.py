@@ -15,8 +15,17 @@ from ensembles import create_method
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
 from zoo.evaluate.metrics import classification_metrics
+from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.leaderboard import record, rows
-from zoo.store.runs import load_predictions, new_run_name, read_meta, run_dir, save_predictions, write_meta
+from zoo.store.runs import (
+    check_name_free,
+    load_predictions,
+    new_run,
+    read_meta,
+    run_dir,
+    save_predictions,
+    write_meta,
+)
 
 
 def select_members(spec: str | None, top: int | None, home: Path) -> list[str]:
@@ -32,7 +41,7 @@ def select_members(spec: str | None, top: int | None, home: Path) -> list[str]:
     return [m.strip() for m in spec.split(",") if m.strip()]
 
 
-def _check_members(names: list[str], metas: list[dict]) -> None:
+def _check_members(names: list[str], metas: list[dict], paths: list[Path]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ZooError(f"--members lists {', '.join(dupes)} more than once; name each run once.")
@@ -50,6 +59,11 @@ def _check_members(names: list[str], metas: list[dict]) -> None:
         if meta["split_id"] != first["split_id"]:
             raise ZooError(f"Member '{name}' was trained on split {meta['split_id']} but "
                            f"'{names[0]}' on split {first['split_id']}: members must share a split.")
+    for name, path, meta in zip(names, paths, metas):
+        try:
+            verify_checkpoint(path, meta)  # the ensemble will run it: its checkpoint must fit
+        except ZooError as exc:
+            raise ZooError(f"Member '{name}' cannot be used: {exc}") from exc
 
 
 def _aligned(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -67,35 +81,34 @@ def _aligned(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray, lis
 
 
 def build_ensemble(members: list[str], method: str, name: str | None, home: Path) -> Path:
+    if name is not None:
+        check_name_free(name, home)
     paths = [run_dir(m, home) for m in members]
     metas = [read_meta(p) for p in paths]
-    _check_members(members, metas)
+    _check_members(members, metas, paths)
     start = time.perf_counter()
     val_ids, y_val, val_probs = _aligned(paths, "val")
     test_ids, y_test, test_probs = _aligned(paths, "test")
     ensemble = create_method(method).fit(val_probs, y_val)
     raw = {"val": ensemble.val_proba(), "test": ensemble.predict_proba(test_probs)}
     scaler = TemperatureScaler().fit(raw["val"], y_val) if ensemble.out_of_fold else TemperatureScaler()
-    name = name or new_run_name(f"ensemble-{method}", home)
-    path = run_dir(name, home, must_exist=False)
-    if (path / "meta.json").exists():
-        raise ZooError(f"A run named '{name}' already exists in {home}; choose another --name.")
     classes = metas[0]["classes"]
-    metrics = {}
-    for split, ids, y in (("val", val_ids, y_val), ("test", test_ids, y_test)):
-        probs = scaler.transform(raw[split])
-        save_predictions(path, split, ids.tolist(), y, probs, probs_uncalibrated=raw[split])
-        metrics[split] = classification_metrics(y, probs, classes)
-    meta = {
-        "name": name, "kind": "ensemble", "status": "finished", "model": f"{method} ensemble",
-        "method": method, "members": members, "description": ensemble.describe(members),
-        "ensemble": ensemble.to_dict(), "calibration": scaler.to_dict(), "classes": classes,
-        "dataset": metas[0]["dataset"], "split_id": metas[0]["split_id"], "metrics": metrics,
-        "params": sum(m.get("params") or 0 for m in metas),
-        "fit_seconds": sum(m.get("fit_seconds") or 0 for m in metas) + time.perf_counter() - start,
-        "infer_img_per_s": 1.0 / sum(1.0 / m["infer_img_per_s"] for m in metas),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_meta(path, meta)
-    record(meta, home)
+    with new_run(home, name, f"ensemble-{method}") as path:
+        metrics = {}
+        for split, ids, y in (("val", val_ids, y_val), ("test", test_ids, y_test)):
+            probs = scaler.transform(raw[split])
+            save_predictions(path, split, ids.tolist(), y, probs, probs_uncalibrated=raw[split])
+            metrics[split] = classification_metrics(y, probs, classes)
+        meta = {
+            "name": path.name, "kind": "ensemble", "status": "finished", "model": f"{method} ensemble",
+            "method": method, "members": members, "description": ensemble.describe(members),
+            "ensemble": ensemble.to_dict(), "calibration": scaler.to_dict(), "classes": classes,
+            "dataset": metas[0]["dataset"], "split_id": metas[0]["split_id"], "metrics": metrics,
+            "params": sum(m.get("params") or 0 for m in metas),
+            "fit_seconds": sum(m.get("fit_seconds") or 0 for m in metas) + time.perf_counter() - start,
+            "infer_img_per_s": 1.0 / sum(1.0 / m["infer_img_per_s"] for m in metas),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_meta(path, meta)
+        record(meta, home)
     return path

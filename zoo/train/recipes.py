@@ -12,7 +12,13 @@ from typing import Any, Literal, Optional, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from zoo.errors import ZooError
+from zoo.errors import UnsafeFileError, ZooError, clip, short
+from zoo.fileio import read_text
+
+RECIPE_MAX_BYTES = 2**20  # a recipe is a few hundred bytes
+MAX_VALUES = 10_000       # values once aliases are expanded: a recipe has a few hundred
+MAX_ALIASES = 100
+MAX_DEPTH = 32
 
 
 class _Strict(BaseModel):
@@ -20,9 +26,9 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    name: str
+    name: str = Field(max_length=200)
     pretrained: bool = True
-    weights: Optional[str] = None  # explicit weights file or folder; --weights overrides
+    weights: Optional[str] = Field(None, max_length=4096)  # weights file or folder; --weights overrides
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -34,8 +40,8 @@ class DataSection(_Strict):
 class EarlyStopping(_Strict):
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     mode: Optional[Literal["min", "max"]] = None  # derived from monitor when left out
-    patience: int = Field(3, ge=1)
-    min_delta: float = Field(0.0, ge=0)
+    patience: int = Field(3, ge=1, le=10000)
+    min_delta: float = Field(0.0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _mode(self) -> "EarlyStopping":
@@ -47,7 +53,7 @@ class EarlyStopping(_Strict):
 class WarmupStage(_Strict):
     """Frozen-backbone stage: only the new head trains (on cached features when allowed)."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, le=10000)
     lr: float = Field(3e-3, gt=0, le=10)
     cached_features: bool = True
     views: int = Field(2, ge=1, le=32)  # augmented views per training image for cached features
@@ -56,7 +62,7 @@ class WarmupStage(_Strict):
 class TrainSection(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0, le=10)
-    weight_decay: float = Field(0.02, ge=0)
+    weight_decay: float = Field(0.02, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     epochs: int = Field(8, ge=0, le=10000)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -67,7 +73,7 @@ class TrainSection(_Strict):
     # Fine-tune all but the first N layer groups (timm's group_matcher order: stem, then each
     # stage). Frozen early layers keep their ImageNet filters and batch-norm statistics and
     # cost no backward pass, which is most of a CPU epoch's time at full resolution.
-    frozen_groups: int = Field(0, ge=0)
+    frozen_groups: int = Field(0, ge=0, le=1000)
     # Keep every batch-norm layer's ImageNet running statistics while fine-tuning (its scale and
     # shift still train): small batches of a small dataset give noisy batch statistics.
     freeze_bn_stats: bool = False
@@ -98,8 +104,8 @@ class Recipe(_Strict):
                   {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.1,
                                    "hue": 0.0}}]})
     train: TrainSection = Field(default_factory=TrainSection)
-    seed: int = 0
-    description: str = ""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    description: str = Field("", max_length=10_000)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
@@ -131,18 +137,83 @@ def list_recipes() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def _read_yaml(path: Path) -> dict:
+def _children(node: yaml.Node, source: str) -> list[yaml.Node]:
+    """A node's children; a mapping's keys must be unique (YAML would keep the last silently)."""
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    seen: set[str] = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            if key.value in seen:
+                raise ZooError(f"{source}: key {short(key.value)} appears twice "
+                               f"(line {key.start_mark.line + 1}); keep one.")
+            seen.add(key.value)
+    return [n for pair in node.value for n in pair]
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Refuse, before any object is built, a document that expands to more than ``MAX_VALUES``
+    values (nested aliases: a "billion laughs" of a few hundred bytes), nests deeper than
+    ``MAX_DEPTH``, uses more than ``MAX_ALIASES`` aliases or contains itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    aliases = 0
+
+    def size(node: yaml.Node) -> int:
+        nonlocal aliases
+        if id(node) in sizes:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise ZooError(f"{source} uses more than {MAX_ALIASES} aliases (*name); write the "
+                               "values out.")
+            return sizes[id(node)]
+        if id(node) in open_nodes or len(open_nodes) >= MAX_DEPTH:
+            raise ZooError(f"{source} nests deeper than {MAX_DEPTH} levels or contains itself "
+                           f"(line {node.start_mark.line + 1}).")
+        open_nodes.add(id(node))
+        sizes[id(node)] = total = 1 + sum(size(child) for child in _children(node, source))
+        open_nodes.discard(id(node))
+        if total > MAX_VALUES:
+            raise ZooError(f"{source} expands to more than {MAX_VALUES:,} values (nested aliases?); "
+                           "a recipe needs a few hundred.")
+        return total
+
+    size(root)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Plain data from YAML ``text``, checked for size and duplicate keys before any object is
+    built (``source`` names it in messages: "Recipe x.yaml", "--set a=b")."""
+    loader = yaml.SafeLoader(text)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ZooError(f"Recipe {path} is not valid YAML; fix the line shown:\n{exc}") from exc
+        raise ZooError(f"{source} is not valid YAML; fix the line shown:\n{clip(str(exc), 1000)}") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ZooError(f"{source} cannot be read: {type(exc).__name__} ({clip(str(exc), 200)}); keep "
+                       "values short and nesting shallow.") from exc
+    finally:
+        loader.dispose()
+
+
+def read_recipe_file(path: Path, what: str = "Recipe") -> dict:
+    """A recipe file's mapping of sections (at most ``RECIPE_MAX_BYTES``, a regular file)."""
+    try:
+        data = load_yaml(read_text(path, RECIPE_MAX_BYTES), f"{what} {path}") or {}
+    except UnsafeFileError as exc:
+        raise ZooError(f"{what} {path} is refused: {exc.reason}.") from exc
     except UnicodeDecodeError as exc:
-        raise ZooError(f"Recipe {path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}).") from exc
+        raise ZooError(f"{what} {path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}).") from exc
     except OSError as exc:
-        raise ZooError(f"Cannot read recipe {path}: {exc.strerror}.") from exc
+        raise ZooError(f"Cannot read {what.lower()} {path}: {exc.strerror}.") from exc
     if not isinstance(data, dict):
-        raise ZooError(f"Recipe {path} must be a mapping of sections (model, data, train, ...).")
+        raise ZooError(f"{what} {path} must be a mapping of sections (model, data, train, ...).")
     return data
 
 
@@ -157,7 +228,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ZooError(f"Recipe {path} inherits from itself (base: chain {' -> '.join(map(str, seen))}).")
-    data = _read_yaml(path)
+    data = read_recipe_file(path)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -174,18 +245,15 @@ def parse_overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ZooError(f"--set '{pair}' must look like section.field=value, e.g. --set train.lr=3e-4")
+            raise ZooError(f"--set {short(pair)} must look like section.field=value, e.g. --set train.lr=3e-4")
         node = out
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ZooError(f"--set {pair}: an earlier --set gave '{part}' a plain value; "
+                raise ZooError(f"--set {clip(pair)}: an earlier --set gave '{part}' a plain value; "
                                "set either the section or its fields, not both.")
-        try:
-            node[leaf] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ZooError(f"--set {pair}: value is not valid YAML ({exc})") from exc
+        node[leaf] = load_yaml(value, f"--set {clip(pair)}")
     return out
 
 
@@ -221,22 +289,38 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         elif err["type"] == "value_error":
             lines.append(f"  {field}: {err['ctx']['error']}")
         else:
-            got = repr(err.get("input"))
-            lines.append(f"  {field}: {err['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})")
+            lines.append(f"  {field}: {err['msg']} (got {short(err.get('input'))})")
     lines.append("The 'Recipes' section of README.md describes every field.")
     return "\n".join(lines)
 
 
-def _check_model(recipe: Recipe, source: str, from_file: bool) -> None:
-    """Unknown model names fail here, naming the recipe and the closest known names."""
-    from zoo.models.factory import check_model_name
+def _check_model(recipe: Recipe) -> None:
+    """What the schema cannot see: the model name exists (else the closest known names), its
+    kwargs are allowed, the augmentation builds."""
+    from zoo.data.transforms import build_train_transform
+    from zoo.models.factory import check_model_kwargs, check_model_name
 
     try:
         check_model_name(recipe.model.name)
     except ZooError as exc:
-        if not from_file:
-            raise
-        raise ZooError(f"Recipe {source}, field model.name: {exc}") from exc
+        raise ZooError(f"field model.name: {exc}") from exc
+    check_model_kwargs(recipe.model.kwargs)
+    build_train_transform(recipe.augment.get("train", []), recipe.data.image_size, recipe.seed)
+
+
+def validate_recipe(raw: dict, source: str) -> Recipe:
+    """The recipe in ``raw`` (from ``source``), checked field by field."""
+    try:
+        recipe = Recipe.model_validate(raw)
+        _check_model(recipe)
+    except ValidationError as exc:
+        raise ZooError(_format_errors(source, exc)) from exc
+    except ZooError as exc:
+        raise ZooError(f"Invalid recipe {source}: {exc}") from exc
+    except (RecursionError, MemoryError) as exc:
+        raise ZooError(f"Invalid recipe {source}: {type(exc).__name__}; keep values short and "
+                       "nesting shallow.") from exc
+    return recipe
 
 
 def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, str]:
@@ -248,20 +332,15 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> tuple[Recipe, 
     if path is not None:
         raw, source = _load_raw(path), str(path)
     elif name.endswith((".yaml", ".yml")):
-        raise ZooError(f"Recipe file not found: {name}")
+        raise ZooError(f"Recipe file not found: {clip(name)}")
     else:
         default = find_recipe("defaults")
         raw = _load_raw(default) if default else {}
         raw = deep_merge(raw, {"model": {"name": name}})
-        source = f"defaults for model '{name}'"
+        source = f"defaults for model {short(name)}"
     raw = deep_merge(raw, parse_overrides(overrides or []))
-    shown = f"{source} (with --set {' '.join(overrides)})" if overrides else source
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise ZooError(_format_errors(shown, exc)) from exc
-    _check_model(recipe, shown, from_file=path is not None)
-    return recipe, source
+    shown = f"{source} (with --set {clip(' '.join(overrides), 200)})" if overrides else source
+    return validate_recipe(raw, shown), source
 
 
 def dump_recipe(recipe: Recipe) -> str:

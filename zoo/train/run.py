@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 
 from zoo import __version__
 from zoo.console import Reporter
@@ -28,7 +27,8 @@ from zoo.models.weights import create_pretrained
 from zoo.paths import runs_home
 from zoo.store.leaderboard import record
 from zoo.store.runs import (
-    new_run_name,
+    check_name_free,
+    new_run,
     read_meta,
     run_dir,
     save_predictions,
@@ -37,8 +37,8 @@ from zoo.store.runs import (
     write_meta,
 )
 from zoo.train.batches import SplitArrays
-from zoo.train.recipes import Recipe, dump_recipe
-from zoo.train.resume import clear_state, load_state, save_state
+from zoo.train.recipes import Recipe, dump_recipe, read_recipe_file, validate_recipe
+from zoo.train.resume import check_state, clear_state, load_state, save_state
 from zoo.train.trainer import Trainer
 
 RANDOM_INIT = "random init (model.pretrained=false)"
@@ -50,6 +50,10 @@ class TrainOptions:
     name: str | None = None
     weights: str | None = None
     home: Path = field(default_factory=runs_home)
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            check_name_free(self.name, self.home)  # before any work; new_run claims it
 
 
 @dataclass
@@ -103,11 +107,19 @@ def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int) -> 
 
 def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Preprocessing,
              model: nn.Module, source: str) -> tuple[Path, dict]:
-    name = opts.name or new_run_name(recipe.model.name, opts.home)
-    path = run_dir(name, opts.home, must_exist=False)
-    if (path / "meta.json").exists():
-        raise ZooError(f"A run named '{name}' already exists in {opts.home}; choose another --name.")
-    meta = {
+    """Claim the run folder (atomically: a concurrent training never gets the same one), write
+    its recipe and metadata, and list it on the leaderboard as running; all or nothing."""
+    with new_run(opts.home, opts.name, recipe.model.name) as path:
+        meta = _start_meta(path.name, recipe, data, pre, model, source)
+        write_text(path / "config.yaml", dump_recipe(recipe))
+        write_meta(path, meta)
+        record(meta, opts.home)
+    return path, meta
+
+
+def _start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessing,
+                model: nn.Module, source: str) -> dict:
+    return {
         "name": name, "kind": "model", "status": "running", "model": recipe.model.name,
         "model_kwargs": recipe.model.kwargs, "classes": data.split.classes,
         "preprocessing": pre.to_dict(), "weights_source": source, "dataset": data.index.name,
@@ -118,9 +130,6 @@ def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Prepro
                      "python": platform.python_version()},
         "notes": data.notes, "skipped_files": len(data.index.skipped), "fit_seconds": 0.0,
     }
-    write_text(path / "config.yaml", dump_recipe(recipe))
-    write_meta(path, meta)
-    return path, meta
 
 
 def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
@@ -129,10 +138,11 @@ def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
     meta = read_meta(path)
     if meta.get("status") == "finished":
         raise ZooError(f"Run '{run}' already finished; nothing to resume.")
+    config = path / "config.yaml"
     try:
-        recipe = Recipe.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ZooError(f"Run '{run}' has no usable config.yaml to resume from ({exc}).") from exc
+        recipe = validate_recipe(read_recipe_file(config, "Saved recipe"), str(config))
+    except ZooError as exc:
+        raise ZooError(f"Run '{run}' has no usable config.yaml to resume from: {exc}") from exc
     return path, meta, recipe
 
 
@@ -142,7 +152,7 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
     state = None
     if resume:
         path, meta, recipe = resume_target(resume, opts.home)
-        state = load_state(path)
+        state = check_state(load_state(path), recipe, meta.get("weights_source") != RANDOM_INIT, path)
     pre = preprocessing_of(build_model(recipe.model.name, 2, **recipe.model.kwargs), recipe.data.image_size)
     data = prepare_data(opts.data or (meta["data_root"] if resume else None), pre, rep)
     if resume:
@@ -173,6 +183,7 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
     except KeyboardInterrupt:
         meta.update(status="interrupted", fit_seconds=meta["fit_seconds"] + time.perf_counter() - start)
         write_meta(path, meta)
+        record(meta, opts.home)
         raise ZooError(f"Interrupted. Run '{meta['name']}' keeps its last finished epoch; continue "
                        f"with: zoo train {recipe.model.name} --resume {meta['name']}", exit_code=130)
     meta["fit_seconds"] += time.perf_counter() - start
