@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zoo.errors import ZooError
+from zoo.paths import runs_home
 
 
 class _Strict(BaseModel):
@@ -100,6 +101,9 @@ class Recipe(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     seed: int = 0
     description: str = ""
+    # `zoo tune`'s search space: recipe key -> {low, high[, log, step]} or a list of choices
+    # (checked by zoo/tune/space.py). It does not change training, so digest() leaves it out.
+    tune: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
@@ -109,12 +113,14 @@ class Recipe(_Strict):
         return self
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        config = json.dumps(self.model_dump(exclude={"tune"}), sort_keys=True)
+        return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 
 def recipe_dirs() -> list[Path]:
+    """ZOO_RECIPES, ./recipes, the run root's recipes (written by `zoo tune`), the shipped ones."""
     dirs = [Path(os.environ["ZOO_RECIPES"])] if os.environ.get("ZOO_RECIPES") else []
-    return dirs + [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
+    return dirs + [Path("recipes"), runs_home() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
 
 
 def find_recipe(name: str) -> Path | None:
