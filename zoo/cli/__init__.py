@@ -10,18 +10,7 @@ from pathlib import Path
 from rich.markup import escape
 
 # Each module registers its commands on import, listed by `zoo --help` in this order.
-from zoo.cli import (  # noqa: F401
-    board,
-    data,
-    ensemble,
-    evaluate,
-    export,
-    predict,
-    report,
-    serve,
-    train,
-    tune,
-)
+from zoo.cli import board, data, ensemble, evaluate, export, predict, report, serve, train, tune  # noqa: F401
 from zoo.cli.app import app
 from zoo.console import err
 from zoo.errors import ZooError

@@ -16,14 +16,7 @@ from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
 from zoo.evaluate.metrics import classification_metrics
 from zoo.store.leaderboard import record, rows
-from zoo.store.runs import (
-    load_predictions,
-    new_run_name,
-    read_meta,
-    run_dir,
-    save_predictions,
-    write_meta,
-)
+from zoo.store.runs import load_predictions, new_run_name, read_meta, run_dir, save_predictions, write_meta
 
 
 def select_members(spec: str | None, top: int | None, home: Path) -> list[str]:

@@ -184,11 +184,7 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
                history: list[dict], batch_size: int) -> None:
     """Score val and test, calibrate on val, save weights, predictions, plots; rank the run."""
-    from zoo.report.plots import (
-        plot_confusion_matrix,
-        plot_learning_curves,
-        plot_reliability,
-    )
+    from zoo.report.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
 
     classes = meta["classes"]
     val, test = data.parts["val"], data.parts["test"]

@@ -37,14 +37,7 @@ from timm.utils import ModelEmaV3
 from zoo.data.preprocessing import Preprocessing
 from zoo.errors import ZooError
 from zoo.models.inference import predict_logits
-from zoo.train.batches import (
-    HEAD_BATCH_SIZE,
-    Batch,
-    PhotoBatches,
-    SplitArrays,
-    epoch_seed,
-    feature_batches,
-)
+from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
 from zoo.train.recipes import EarlyStopping, Recipe
 
 
