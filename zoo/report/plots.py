@@ -191,5 +191,7 @@ def plot_study(study: optuna.Study, folder: str | Path) -> list[Path]:
             except (ValueError, RuntimeError):
                 plt.close("all")
                 continue
+        axes.figure.set_size_inches(9, 5)
+        axes.figure.tight_layout()
         drawn.append(_save(axes.figure, Path(folder) / f"tune_{name}.png"))
     return drawn
