@@ -173,9 +173,12 @@ def test_killed_study_resumes_in_two_processes(zoo_env: Path, tmp_path: Path) ->
     args = ["tune", recipe, "--trials", "3", "--folds", "1", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "zoo", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=os.environ.copy())
-    running = optuna.trial.TrialState.RUNNING
-    _wait_for(zoo_env / "tune.db", lambda trials: trials[-1].number == 1 and trials[-1].state == running
-              and "worker" in trials[-1].user_attrs, proc)
+
+    def second_trial_running(trials: list) -> bool:
+        last = trials[-1] if trials else None
+        return bool(last and last.number == 1 and last.state.name == "RUNNING" and "worker" in last.user_attrs)
+
+    _wait_for(zoo_env / "tune.db", second_trial_running, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = load_study("tiny", f"sqlite:///{zoo_env / 'tune.db'}").trials[0]
