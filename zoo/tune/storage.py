@@ -16,7 +16,6 @@ HEARTBEAT_S = 60  # a trial without a heartbeat for 3 intervals (a dead machine)
 
 
 def default_storage(home: Path) -> str:
-    home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(home / 'tune.db').resolve()}"
 
 
@@ -104,7 +103,11 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
 
 
 def summarize(name: str, storage: str | None, home: Path | None = None) -> StudySummary:
-    study = load_study(name, storage or default_storage(home or runs_home()))
+    home = home or runs_home()
+    if storage is None and not (home / "tune.db").is_file():
+        raise ZooError(f"No studies in {home / 'tune.db'} yet: `zoo tune RECIPE` makes one "
+                       "(or name another storage with --storage).")
+    study = load_study(name, storage or default_storage(home))
     best = best_trial(study)
     found, note = importances(study)
     return StudySummary(name, study.user_attrs.get("setup", {}), [_row(t) for t in study.trials],

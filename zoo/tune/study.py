@@ -66,7 +66,10 @@ class TuneOptions:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or default_storage(self.home)
+        if self.storage:
+            return self.storage
+        self.home.mkdir(parents=True, exist_ok=True)
+        return default_storage(self.home)
 
 
 @dataclass
@@ -240,7 +243,7 @@ def tuned_recipe_text(opts: TuneOptions, best: FrozenTrial) -> str:
     if path is None:
         body = deep_merge({"model": {"name": opts.recipe}}, body)
     folds = f"{opts.folds}-fold CV" if opts.folds > 1 else "the validation split"
-    description = (f"{opts.recipe} tuned by `zoo tune` (Optuna study '{opts.study_name}', trial {best.number}: "
+    description = (f"{opts.recipe} tuned by zoo tune (study {opts.study_name}, trial {best.number}, "
                    f"val accuracy {best.user_attrs['accuracy']:.4f} on {folds})")
     return yaml.safe_dump({"description": description, "base": base, **body}, sort_keys=False)
 
