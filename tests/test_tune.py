@@ -186,6 +186,7 @@ def test_killed_study_resumes_in_two_processes(zoo_env: Path, tmp_path: Path) ->
     result = invoke([*args, "--jobs", "2"])
     assert result.exit_code == 0, result.said
     trials = load_study("tiny", f"sqlite:///{zoo_env / 'tune.db'}").trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    states = [t.state.name for t in trials]
+    assert states[:2] == ["COMPLETE", "FAIL"] and {*states[2:]} <= {"COMPLETE", "PRUNED"} and len(states) == 4
     assert trials[0].value == first.value and trials[0].params == first.params
     assert len({trials[2].user_attrs["worker"], trials[3].user_attrs["worker"]}) == 2
