@@ -11,7 +11,7 @@ WEIGHTS ?= $(SHARED)/weights
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[serve,export,test]"
+	$(PY) -m pip install -q -e ".[serve,export,test,tune]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. "zoo" alone is the ground: zoo/__init__.py, errors.py, fileio.py, console.py, paths.py.
 LAYERS = ["zoo", "ensembles", "zoo.data", "zoo.models", "zoo.store", "zoo.evaluate", "zoo.report",
-          "zoo.train", "zoo.serve", "zoo.cli"]
+          "zoo.train", "zoo.tune", "zoo.serve", "zoo.cli"]
 TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "fileio.py", "console.py", "paths.py"}
 
 

@@ -45,10 +45,10 @@ def train(
         rep.log(f"recipe: {source}")
         path = run_training(rec, TrainOptions(data=data, name=name, weights=weights), rep,
                             resume=resume)
-    _print_run_summary(path, quiet)
+    print_run_summary(path, quiet)
 
 
-def _print_run_summary(path: Path, quiet: bool) -> None:
+def print_run_summary(path: Path, quiet: bool) -> None:
     from zoo.store.runs import read_meta
 
     meta = read_meta(path)

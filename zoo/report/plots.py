@@ -1,11 +1,14 @@
-"""Figures for runs: learning curves, confusion matrix, reliability diagram, top losses.
+"""Figures for runs: learning curves, confusion matrix, reliability diagram, top losses, and a
+`zoo tune` study's plots.
 
-Every function writes one PNG (creating parent folders), closes its figure and returns the path.
+Every function writes one PNG (creating parent folders), closes its figure and returns the path
+(``plot_study``: one per plot, and their paths).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,6 +20,9 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zoo.evaluate.calibration import expected_calibration_error, reliability_bins  # noqa: E402
+
+if TYPE_CHECKING:
+    import optuna
 
 _DPI = 100
 
@@ -165,3 +171,27 @@ def plot_top_losses(images: list[Image.Image], titles: list[str], path: str | Pa
     if not images:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
     return _save(fig, path)
+
+
+def plot_study(study: optuna.Study, folder: str | Path) -> list[Path]:
+    """An Optuna study's history, parameter importances and parallel coordinates
+    (``tune_*.png``); a plot that the study cannot draw yet (too few trials) is left out."""
+    import warnings
+
+    from optuna.visualization import matplotlib as optuna_plots
+
+    drawn = []
+    for name, draw in (("history", optuna_plots.plot_optimization_history),
+                       ("importances", optuna_plots.plot_param_importances),
+                       ("parallel", optuna_plots.plot_parallel_coordinate)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError):
+                plt.close("all")
+                continue
+        axes.figure.set_size_inches(9, 5)
+        axes.figure.tight_layout()
+        drawn.append(_save(axes.figure, Path(folder) / f"tune_{name}.png"))
+    return drawn

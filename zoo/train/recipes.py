@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zoo.errors import UnsafeFileError, ZooError, clip, short
 from zoo.fileio import read_text
+from zoo.paths import runs_home
 
 RECIPE_MAX_BYTES = 2**20  # a recipe is a few hundred bytes
 MAX_VALUES = 10_000       # values once aliases are expanded: a recipe has a few hundred
@@ -106,6 +107,9 @@ class Recipe(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     description: str = Field("", max_length=10_000)
+    # `zoo tune`'s search space: recipe key -> {low, high[, log, step]} or a list of choices
+    # (checked by zoo/tune/space.py). It does not change training, so digest() leaves it out.
+    tune: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
@@ -115,12 +119,14 @@ class Recipe(_Strict):
         return self
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        config = json.dumps(self.model_dump(exclude={"tune"}), sort_keys=True)
+        return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 
 def recipe_dirs() -> list[Path]:
+    """ZOO_RECIPES, ./recipes, the run root's recipes (written by `zoo tune`), the shipped ones."""
     dirs = [Path(os.environ["ZOO_RECIPES"])] if os.environ.get("ZOO_RECIPES") else []
-    return dirs + [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
+    return dirs + [Path("recipes"), runs_home() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
 
 
 def find_recipe(name: str) -> Path | None:
