@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from zoo.cli.app import app
+from zoo.cli.app import DeviceOpt, app
 from zoo.console import out
 
 
@@ -11,6 +11,7 @@ from zoo.console import out
 def export(
     run: str = typer.Argument(..., help="Run name (a trained model, not an ensemble)."),
     format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    device: str = DeviceOpt,
 ) -> None:
     """Export a run for deployment into runs/<run>/export/, checked against PyTorch.
 
@@ -23,8 +24,9 @@ def export(
       zoo export tf_efficientnet_lite0-1 --format torchscript
     """
     from zoo.evaluate.export import export_run
+    from zoo.models.runtime import Runtime
 
-    result = export_run(run, format)
+    result = export_run(run, format, runtime=Runtime.create(device, tf32=False))
     out.print(f"[bold green]exported[/] {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)",
               highlight=False)
     out.print(f"  parity with PyTorch on {result.parity_images}: max |Δp| = "
