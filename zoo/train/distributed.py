@@ -1,6 +1,7 @@
 """Data-parallel training on several processes with plain ``torch.distributed``, launched by
-torchrun (``zoo.train.launch`` runs it for ``zoo train --devices N``). Each process reads its place (RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's
-environment; one process alone is a ``Cluster`` of one, where every method is a no-op.
+torchrun (``zoo.train.launch`` runs it for ``zoo train --devices N``). Each process reads its
+place (RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's environment; one process alone is a
+``Cluster`` of one, where every method is a no-op.
 
 Rank 0 alone reads a run to resume and writes the run folder; the other ranks get what it read
 and the run's name from it. Each rank trains on its share of every epoch (DDP averages the
