@@ -58,9 +58,9 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
     uploads = [image_bytes(colour) for colour in COLOURS]
     alone = [predictor.predict_proba([Image.open(io.BytesIO(u)).convert("RGB")])[0] for u in uploads]
     predictor.batches.clear()
-    with run_in_thread(create_app(predictor, max_batch=32, batch_wait_ms=20)) as url:
-        with ThreadPoolExecutor(16) as pool:
-            responses = list(pool.map(lambda data: post(url, data), uploads))
+    app = create_app(predictor, max_batch=32, batch_wait_ms=20)
+    with run_in_thread(app) as url, ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda data: post(url, data), uploads))
     for response, probs in zip(responses, alone, strict=True):
         assert response.status_code == 200, response.text
         assert response.json()["predictions"] == top3(probs)  # exactly as one at a time
@@ -72,9 +72,8 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
 def test_unreadable_photos_fail_alone() -> None:
     predictor = SlowFake()
     uploads = [image_bytes(c) if i % 4 else b"not a photo at all" for i, c in enumerate(COLOURS)]
-    with run_in_thread(create_app(predictor, batch_wait_ms=20)) as url:
-        with ThreadPoolExecutor(16) as pool:
-            responses = list(pool.map(lambda data: post(url, data), uploads))
+    with run_in_thread(create_app(predictor, batch_wait_ms=20)) as url, ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda data: post(url, data), uploads))
     for i, (response, colour) in enumerate(zip(responses, COLOURS, strict=True)):
         if i % 4:
             assert response.json()["predictions"] == top3(colour_probs(colour)), response.text
