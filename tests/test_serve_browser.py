@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from test_serve_api import FakePredictor
 
 from zoo.serve import create_app, run_in_thread
 
@@ -26,22 +27,6 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")
-
-
-class FakePredictor:
-    """Probabilities proportional to the mean R, G, B of the photo."""
-
-    name = "fake-colour-1"
-    classes = ["biotite", "pyrite", "quartz"]
-    decode_side = 64
-
-    def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
-        weights = np.stack([np.asarray(img, dtype=float).reshape(-1, 3).mean(0) + 1.0 for img in images])
-        return weights / weights.sum(axis=1, keepdims=True)
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "model", "model": "fake", "classes": self.classes,
-                "metrics": {"test_accuracy": 0.875}}
 
 
 def photo() -> dict[str, Any]:

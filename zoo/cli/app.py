@@ -30,6 +30,8 @@ app.add_typer(cache_app, name="cache")
 
 DataOpt = typer.Option(None, "--data", help="Dataset folder (<class>/<image>); default $ZOO_DATA or data/minerals.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output; print only the result.")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps "
+                         "(auto: a GPU when there is one).")
 TtaOpt = typer.Option(False, "--tta", help="Test-time augmentation: average 5 views "
                       "(identity, flips, 90° turn, wide crop).")
 

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.app import QuietOpt, TtaOpt, app, check_format
+from zoo.cli.app import DeviceOpt, QuietOpt, TtaOpt, app, check_format
 from zoo.console import out, plain, print_reasons, reporting
 
 
@@ -18,6 +18,7 @@ def evaluate(
                                        "(external test set); default: the run's own test split."),
     tta: bool = TtaOpt,
     format: str = typer.Option("table", "--format", help="table | json"),
+    device: str = DeviceOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Score a run or ensemble: accuracy, balanced accuracy, macro-F1, NLL, ECE before/after
@@ -34,11 +35,14 @@ def evaluate(
     """
     from zoo.evaluate.evaluation import evaluate as run_evaluation
     from zoo.evaluate.evaluation import save_evaluation
+    from zoo.models.runtime import Runtime
     from zoo.report.evaluation import write_plots
 
     check_format(format, ("table", "json"))
+    runtime = Runtime.create(device)
     with reporting(quiet or format == "json") as rep:
-        ev = run_evaluation(run, data, tta, progress=lambda i, n: rep.advance("predict", i, n))
+        ev = run_evaluation(run, data, tta, progress=lambda i, n: rep.advance("predict", i, n),
+                            runtime=runtime)
     saved = [save_evaluation(ev)] if ev.stored else []
     plots = write_plots(ev)
     if format == "json":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 from rich.text import Text
 
-from zoo.cli.app import app
+from zoo.cli.app import DeviceOpt, app
 from zoo.console import out, plain
 
 
@@ -12,6 +12,7 @@ from zoo.console import out, plain
 def export(
     run: str = typer.Argument(..., help="Run name (a trained model, not an ensemble)."),
     format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    device: str = DeviceOpt,
 ) -> None:
     """Export a run for deployment into runs/<run>/export/, checked against PyTorch.
 
@@ -24,8 +25,9 @@ def export(
       zoo export tf_efficientnet_lite0-1 --format torchscript
     """
     from zoo.evaluate.export import export_run
+    from zoo.models.runtime import Runtime
 
-    result = export_run(run, format)
+    result = export_run(run, format, runtime=Runtime.create(device, tf32=False))
     size = result.path.stat().st_size / 1e6
     out.print(Text.assemble(("exported", "bold green"), " ", plain(f"{result.path} ({size:.1f} MB)")),
               highlight=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from zoo.cli.app import TtaOpt, app, check_format
+from zoo.cli.app import DeviceOpt, TtaOpt, app, check_format
 from zoo.console import err, out, plain, print_reasons, printable, reporting
 from zoo.errors import ZooError
 
@@ -23,6 +23,7 @@ def predict(
     k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per photo."),
     format: str = typer.Option("table", "--format", help="table | csv | json"),
     tta: bool = TtaOpt,
+    device: str = DeviceOpt,
 ) -> None:
     """Identify the minerals in photos: the top classes with their probabilities.
 
@@ -37,9 +38,10 @@ def predict(
     from zoo.data.dataset import visible_files
     from zoo.evaluate.evaluation import predict_files
     from zoo.evaluate.predictor import load_predictor, top_k
+    from zoo.models.runtime import Runtime
 
     check_format(format, FORMATS)
-    predictor = load_predictor(run)
+    predictor = load_predictor(run, runtime=Runtime.create(device))
     files = visible_files(*paths)
     with reporting(format != "table") as rep:
         result = predict_files(predictor, files, tta, lambda i, n: rep.advance("predict", i, n))

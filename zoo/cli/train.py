@@ -20,6 +20,10 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a recipe field, e.g. train.lr=3e-4 (repeatable)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Pretrained weights: .safetensors file or folder."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps "
+                                         "(default: the recipe's train.device, auto)."),
+    devices: int = typer.Option(1, "--devices", min=1, help="Train data-parallel on N processes of "
+                                "this machine (one per GPU, or N CPU processes), started with torchrun."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Train a model from a recipe and rank it on the leaderboard.
@@ -29,8 +33,11 @@ def train(
       zoo train tf_efficientnet_lite0 --set train.epochs=4
       zoo train resnet50 --weights ~/weights/resnet50.safetensors
       zoo train convnext_tiny --set model.pretrained=false --name convnext-scratch
+      zoo train tf_efficientnet_lite2 --device cuda --set train.precision=bf16 --devices 2
     """
     from zoo.store.runs import check_run_name
+    from zoo.train.distributed import Cluster
+    from zoo.train.launch import launch_training
     from zoo.train.recipes import load_recipe
     from zoo.train.run import TrainOptions
     from zoo.train.run import train as run_training
@@ -41,11 +48,24 @@ def train(
         if run_name:
             check_run_name(run_name)
     rec, source = load_recipe(recipe, set_)
-    with reporting(quiet) as rep:
+    cluster = Cluster.from_env()
+    if devices > 1:
+        options = _flags(("--data", data), ("--weights", weights), ("--device", device), ("--set", set_))
+        launch_training(devices, recipe, rec, device, resume or name, bool(resume),
+                        options + ["--quiet"] * quiet)  # rank 0 prints the summary
+        return
+    with reporting(quiet or not cluster.main) as rep:
         rep.log(f"recipe: {source}")
-        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights), rep,
-                            resume=resume)
-    print_run_summary(path, quiet)
+        path = run_training(rec, TrainOptions(data=data, name=name, weights=weights, device=device),
+                            rep, resume=resume)
+    if cluster.main:
+        print_run_summary(path, quiet)
+
+
+def _flags(*pairs: tuple[str, str | list[str] | None]) -> list[str]:
+    """``--flag value`` for each value given (a list: the flag repeated)."""
+    values = [(flag, v) for flag, value in pairs for v in (value if isinstance(value, list) else [value])]
+    return [token for flag, value in values if value is not None for token in (flag, value)]
 
 
 def print_run_summary(path: Path, quiet: bool) -> None:

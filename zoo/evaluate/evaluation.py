@@ -29,6 +29,7 @@ from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_err
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.fileio import write_json
+from zoo.models.runtime import Runtime
 from zoo.store.leaderboard import record_evaluation
 from zoo.store.runs import load_predictions, read_meta, run_dir, write_probabilities
 
@@ -248,10 +249,12 @@ def _external(predictor: ModelPredictor, folder: Path, tta: bool, home: Path | N
 
 
 def evaluate(run: str, data: str | Path | None = None, tta: bool = False,
-             home: Path | None = None, progress: Progress | None = None) -> Evaluation:
+             home: Path | None = None, progress: Progress | None = None,
+             runtime: Runtime = Runtime()) -> Evaluation:
     """Score ``run`` on its test split, or on the folder ``data`` of ``<class>/<image>`` photos.
 
-    Without ``data`` and ``tta`` the stored test predictions are scored (no model is run). A
+    Without ``data`` and ``tta`` the stored test predictions are scored (no model is run);
+    otherwise the model runs on ``runtime``. A
     ``data`` folder that is the run's own dataset means its test split, never its training photos.
     """
     path = run_dir(run, home)
@@ -265,7 +268,7 @@ def evaluate(run: str, data: str | Path | None = None, tta: bool = False,
         folder = None
     if folder is None and not tta:
         return _from_stored(path, meta, home)
-    predictor = load_predictor(run, home)
+    predictor = load_predictor(run, home, runtime)
     if folder is None:
         return _own_split(predictor, tta, home, progress)
     return _external(predictor, folder, tta, home, progress)

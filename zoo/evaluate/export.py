@@ -29,6 +29,7 @@ from zoo.errors import UnreadableImageError, ZooError
 from zoo.evaluate.calibration import PROB_FLOOR
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.fileio import atomic_path
+from zoo.models.runtime import Runtime
 from zoo.store.runs import load_predictions, read_meta, run_dir
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -150,7 +151,7 @@ def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
         raise ZooError("The ONNX parity check needs onnxruntime: "
                        "pip install 'mineral-zoo[export]'.") from exc
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": x.numpy()})[0]
+    return session.run(None, {"image": x.cpu().numpy()})[0]
 
 
 def _export_torchscript(module: nn.Module, x: torch.Tensor, path: Path, info: dict) -> None:
@@ -161,14 +162,18 @@ def _export_torchscript(module: nn.Module, x: torch.Tensor, path: Path, info: di
 
 def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
     with _quiet_warnings(), torch.inference_mode():
-        return torch.jit.load(str(path))(x).numpy()
+        return torch.jit.load(str(path))(x).cpu().numpy()
 
 
 _EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
 
 
-def export_run(run: str, fmt: str = "onnx", home: Path | None = None) -> ExportResult:
-    """Write runs/<run>/export/<file>; kept only if it matches PyTorch within ``TOLERANCE``."""
+def export_run(run: str, fmt: str = "onnx", home: Path | None = None,
+               runtime: Runtime = Runtime()) -> ExportResult:
+    """Write runs/<run>/export/<file>; kept only if it matches PyTorch within ``TOLERANCE``.
+
+    The model is traced, and its PyTorch reference computed, on ``runtime``'s device (fp32; a
+    TorchScript file traced on a GPU expects its input there)."""
     if fmt not in FORMATS:
         raise ZooError(f"Unknown export --format '{fmt}': use {' or '.join(FORMATS)}.")
     path = run_dir(run, home)
@@ -179,9 +184,9 @@ def export_run(run: str, fmt: str = "onnx", home: Path | None = None) -> ExportR
                        "export works on single models. Export each member "
                        f"(e.g. `zoo export {members[0] if members else 'RUN'} --format {fmt}`) and "
                        f"combine their probabilities as runs/{run}/meta.json 'ensemble' describes.")
-    predictor = load_predictor(run, home)
+    predictor = load_predictor(run, home, runtime)
     arrays, source = parity_arrays(predictor)
-    x = to_input(arrays, predictor.pre)
+    x = runtime.move(to_input(arrays, predictor.pre))
     expected = predictor.predict_arrays(arrays)
     module = Deployable(predictor.model, predictor.pre, predictor.scaler.temperature).eval()
     write, run_file = _EXPORTERS[fmt]

@@ -2,7 +2,8 @@
 
 Each model brings its own preprocessing and calibration, so an ensemble can mix models that
 want different image sizes and normalisations. ``tta=True`` averages the probabilities of the
-views in ``zoo.data.tta`` (each model builds them with its own preprocessing).
+views in ``zoo.data.tta`` (each model builds them with its own preprocessing). Every model runs
+on the ``Runtime`` given (default: the CPU in fp32); an ensemble's members share it.
 """
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import torch
 from PIL import Image
 
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.transforms import to_tensor
 from zoo.data.tta import TTA_VIEWS, tta_views
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
 from zoo.models.factory import build_model
-from zoo.models.inference import predict_logits
+from zoo.models.inference import predict_logits, view_logits
+from zoo.models.runtime import Runtime
 from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.runs import load_weights, read_meta, run_dir
 
@@ -28,8 +29,9 @@ TTA_CHUNK = 32  # photos per TTA batch (x5 views)
 class ModelPredictor:
     kind = "model"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, runtime: Runtime = Runtime()) -> None:
         self.path = path
+        self.runtime = runtime
         self.meta = read_meta(path)
         if self.meta.get("status") != "finished":
             raise ZooError(f"Run '{path.name}' did not finish (status: {self.meta.get('status')}); "
@@ -45,7 +47,7 @@ class ModelPredictor:
         except RuntimeError as exc:
             raise ZooError(f"Checkpoint {path / 'model.safetensors'} cannot be loaded: "
                            f"{str(exc)[:300]}") from exc
-        self.model.eval()
+        self.model.to(runtime.device).eval()
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
 
     @property
@@ -58,7 +60,8 @@ class ModelPredictor:
         if not arrays:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         if not tta:
-            return torch.softmax(predict_logits(self.model, arrays, self.pre), 1).numpy()
+            return torch.softmax(predict_logits(self.model, arrays, self.pre, runtime=self.runtime),
+                                 1).numpy()
         return np.concatenate([self._tta_proba(arrays[i:i + TTA_CHUNK])
                                for i in range(0, len(arrays), TTA_CHUNK)])
 
@@ -66,7 +69,7 @@ class ModelPredictor:
     def _tta_proba(self, arrays: list[np.ndarray]) -> np.ndarray:
         self.model.eval()
         views = [v for a in arrays for v in tta_views(a, self.pre)]
-        probs = torch.softmax(self.model(to_tensor(views, self.pre)).float(), 1).numpy()
+        probs = torch.softmax(view_logits(self.model, views, self.pre, self.runtime), 1).numpy()
         return probs.reshape(len(arrays), len(TTA_VIEWS), -1).mean(1)
 
     def predict_arrays(self, arrays: list[np.ndarray], calibrated: bool = True,
@@ -91,16 +94,17 @@ class EnsemblePredictor(ModelPredictor):
 
     kind = "ensemble"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, runtime: Runtime = Runtime()) -> None:
         from ensembles import load_method
 
         self.path = path
+        self.runtime = runtime
         self.meta = read_meta(path)
         self.name = self.meta["name"]
         self.classes = self.meta["classes"]
         for member in self.meta["members"]:
             check_member(path, member, read_meta(run_dir(member, path.parent)))
-        self.members = [load_predictor(m, path.parent) for m in self.meta["members"]]
+        self.members = [load_predictor(m, path.parent, runtime) for m in self.meta["members"]]
         self.method = load_method(self.meta["ensemble"])
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
 
@@ -130,7 +134,8 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str,
     return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
-def load_predictor(run: str, home: Path | None = None) -> ModelPredictor:
+def load_predictor(run: str, home: Path | None = None, runtime: Runtime = Runtime()) -> ModelPredictor:
+    """A run or ensemble ready to predict on ``runtime`` (``Runtime.create("cuda")``, ...)."""
     path = run_dir(run, home)
     kind = read_meta(path).get("kind", "model")
-    return EnsemblePredictor(path) if kind == "ensemble" else ModelPredictor(path)
+    return (EnsemblePredictor if kind == "ensemble" else ModelPredictor)(path, runtime)

@@ -1,4 +1,7 @@
-"""Batched inference on decoded photos, shared by training, evaluation, prediction and export."""
+"""Batched inference on decoded photos, shared by training, evaluation, prediction and export.
+
+Every function takes the ``Runtime`` to run on (its device and autocast); the model must
+already be on that device. Results come back as float32 (logits on the CPU)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,20 +10,31 @@ import torch.nn as nn
 
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import eval_array, to_tensor
+from zoo.models.runtime import Runtime
+
+CPU = Runtime()
 
 
-def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of the classifier (timm's ``forward_head(pre_logits=True)``)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+def pooled_features(model: nn.Module, x: torch.Tensor, runtime: Runtime = CPU) -> torch.Tensor:
+    """The input of the classifier (timm's ``forward_head(pre_logits=True)``), on the device."""
+    with runtime.autocast():
+        return model.forward_head(model.forward_features(runtime.move(x)), pre_logits=True).float()
+
+
+def view_logits(model: nn.Module, views: list[np.ndarray], pre: Preprocessing, runtime: Runtime = CPU,
+                channels_last: bool = True) -> torch.Tensor:
+    """Logits (on the CPU) of views already cropped to the model's input size."""
+    with runtime.autocast():
+        return model(runtime.move(to_tensor(views, pre, channels_last))).float().cpu()
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
-                   batch_size: int = 32, channels_last: bool = True) -> torch.Tensor:
+                   batch_size: int = 32, channels_last: bool = True,
+                   runtime: Runtime = CPU) -> torch.Tensor:
     """Logits for decoded photos, with the eval transform (resize, centre crop)."""
     model.eval()
-    out = []
-    for start in range(0, len(arrays), batch_size):
-        views = [eval_array(a, pre) for a in arrays[start:start + batch_size]]
-        out.append(model(to_tensor(views, pre, channels_last)).float())
+    out = [view_logits(model, [eval_array(a, pre) for a in arrays[start:start + batch_size]], pre,
+                       runtime, channels_last)
+           for start in range(0, len(arrays), batch_size)]
     return torch.cat(out) if out else torch.empty(0)

@@ -64,12 +64,14 @@ class Runtime:
     precision: str = "32"
 
     @classmethod
-    def create(cls, device: str | None = "auto", precision: str = "32") -> "Runtime":
+    def create(cls, device: str | None = "auto", precision: str = "32", tf32: bool = True) -> "Runtime":
+        """A checked runtime; on CUDA, TF32 matmuls and convolutions (Ampere and newer) unless
+        ``tf32=False`` (export compares against true fp32)."""
         runtime = cls(resolve_device(device), str(precision))
         runtime.check()
         if runtime.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # Ampere and newer: TF32 matmuls
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         return runtime
 
     def check(self) -> None:
@@ -78,6 +80,10 @@ class Runtime:
         if self.precision == "16-mixed" and self.device.type != "cuda":
             raise ZooError(f"precision 16-mixed (fp16 with a gradient scaler) needs a CUDA GPU; "
                            f"on {self.device.type} use 32 or bf16.")
+
+    def move(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this device; from pinned memory the copy to a GPU overlaps compute."""
+        return tensor.to(self.device, non_blocking=self.device.type == "cuda")
 
     def autocast(self) -> ContextManager:
         """The autocast context of this precision on this device (a no-op for fp32)."""

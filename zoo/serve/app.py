@@ -1,10 +1,12 @@
 """Web app for `zoo serve`: one page to identify a mineral from a photo, plus a small JSON API.
 
 The predictor is loaded once and shared by every request. Images are decoded in the threadpool
-as `zoo predict` decodes them, at most `max_decodes` at a time (each may take up to ~0.9 GB),
-and forward passes are serialised with a lock: on a few CPU cores concurrent passes gain nothing
-and some models are not safe to call from several threads at once. Slow or silent clients are cut
-off (see `server_config`), and /docs serves Swagger UI from a local copy, never a CDN.
+as `zoo predict` decodes them, at most `max_decodes` at a time (each may take up to ~0.9 GB); an
+unreadable photo fails its own request only. Decoded photos of requests arriving within
+`batch_wait_ms` of each other then go through the model together (`zoo.serve.batching`: one
+`predict_proba` call for up to `max_batch` photos, the only caller of the model). Slow or silent
+clients are cut off (see `server_config`), and /docs serves Swagger UI from a local copy, never a
+CDN.
 """
 from __future__ import annotations
 
@@ -35,15 +37,20 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from zoo.data.cache import decode_array
 from zoo.errors import UnreadableImageError
 from zoo.evaluate.predictor import top_k
+from zoo.serve.batching import MicroBatcher
 
 STATIC_DIR = Path(__file__).parent / "static"
 TOP_K = 3
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-# Photos decoded (and predicted) at once: a photo at the pixel limit takes up to ~0.9 GB while it
-# is decoded (a 64-megapixel PNG with transparency), so two keep a busy server under 2 GB over
-# the model, however many large uploads arrive together.
+# Photos decoded at once: a photo at the pixel limit takes up to ~0.9 GB while it is decoded (a
+# 64-megapixel PNG with transparency), so two keep a busy server under 2 GB over the model,
+# however many large uploads arrive together. Decoded, it is small (shorter side `decode_side`).
 MAX_DECODES = 2
+# Micro-batching: at most this many photos per forward pass, and how long the first photo of a
+# batch waits for others to join it.
+MAX_BATCH = 32
+BATCH_WAIT_MS = 5.0
 # Seconds a client has to send its request line and headers (from connecting, or from the end
 # of its previous response), and then the body: silent or trickling clients are cut off.
 HEADERS_TIMEOUT = 10.0
@@ -93,34 +100,29 @@ class Predictor(Protocol):
 
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
-               body_timeout: float = BODY_TIMEOUT, max_decodes: int = MAX_DECODES) -> FastAPI:
+               body_timeout: float = BODY_TIMEOUT, max_decodes: int = MAX_DECODES,
+               max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS) -> FastAPI:
     """Build the FastAPI app serving `predictor`: uploads above `max_upload_bytes` get 413, a
-    body that takes longer than `body_timeout` seconds to arrive 408, an unreadable photo 400."""
+    body that takes longer than `body_timeout` seconds to arrive 408, an unreadable photo 400.
+    Photos are predicted in batches of up to `max_batch` (1: one at a time), each waiting at
+    most `batch_wait_ms` for others; the batcher runs during the app's lifespan."""
+    batcher = MicroBatcher(predictor.predict_proba, max_batch, batch_wait_ms)
     app = FastAPI(
         title="mineral-zoo",
         summary=f"Identify minerals from photos with the model {predictor.name}.",
         docs_url=None,
         redoc_url=None,
+        lifespan=lambda _: batcher.running(),
     )
     info = predictor.info()
-    lock = threading.Lock()
     decodes = threading.BoundedSemaphore(max_decodes)
 
-    def predict_bytes(data: bytes) -> dict[str, Any]:
-        start = time.perf_counter()
+    def decode(data: bytes) -> Image.Image:
         with decodes:
             try:
-                image = Image.fromarray(decode_array(data, predictor.decode_side))
+                return Image.fromarray(decode_array(data, predictor.decode_side))
             except UnreadableImageError as exc:
                 raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
-            with lock:
-                probs = np.asarray(predictor.predict_proba([image]), dtype=float)
-        return {
-            "predictions": [{"class": c, "probability": p}
-                            for c, p in top_k(probs, predictor.classes, TOP_K)[0]],
-            "model": predictor.name,
-            "latency_ms": (time.perf_counter() - start) * 1000.0,
-        }
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -144,7 +146,14 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
             raise HTTPException(status_code=408, headers={"Connection": "close"},
                                 detail=f"Upload too slow: the photo did not arrive within "
                                        f"{body_timeout:g} seconds.") from exc
-        return await run_in_threadpool(predict_bytes, data)
+        start = time.perf_counter()
+        probs = await batcher.predict(await run_in_threadpool(decode, data))
+        return {
+            "predictions": [{"class": c, "probability": p}
+                            for c, p in top_k(probs[None], predictor.classes, TOP_K)[0]],
+            "model": predictor.name,
+            "latency_ms": (time.perf_counter() - start) * 1000.0,
+        }
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -262,9 +271,10 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000,
     return uvicorn.Config(app, host=host, port=port, http=protocol, **{**limits, **settings})
 
 
-def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the page and API for `predictor` until interrupted."""
-    uvicorn.Server(server_config(create_app(predictor), host, port)).run()
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, **app_settings: Any) -> None:
+    """Serve the page and API for `predictor` until interrupted; `app_settings` go to
+    `create_app` (`max_batch`, `batch_wait_ms`, ...)."""
+    uvicorn.Server(server_config(create_app(predictor, **app_settings), host, port)).run()
 
 
 @contextmanager
@@ -272,7 +282,7 @@ def run_in_thread(app: FastAPI, host: str = "127.0.0.1", **settings: Any) -> Ite
     """Serve `app` from this process: uvicorn in a background thread on a free port of `host`.
 
     Yields the base URL once the server accepts requests and stops it on exit. For callers that
-    build their own app around a predictor without a run (benchmarks/serve_load.py --fake, tests).
+    build their own app around a predictor (benchmarks/serve_load.py, tests).
     The limits are those of `server_config`, which `settings` go to.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import build_train_transform, eval_array, to_tensor
-from zoo.models.inference import pooled_features
+from zoo.models.inference import CPU, pooled_features
+from zoo.models.runtime import Runtime
 from zoo.train.recipes import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -47,11 +48,16 @@ class SplitArrays:
 
 @dataclass
 class PhotoBatches:
-    """One split's photos as model input: augmented training batches or pooled features."""
+    """One split's photos as model input: augmented training batches or pooled features. With
+    ``world_size`` processes, each epoch's shuffled order is padded (as torch's
+    ``DistributedSampler`` pads) to equal shares and process ``rank`` takes every
+    ``world_size``-th photo: every rank runs the same number of steps."""
 
     split: SplitArrays
     pre: Preprocessing
     recipe: Recipe
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def batch_size(self) -> int:
@@ -59,7 +65,7 @@ class PhotoBatches:
 
     def __len__(self) -> int:
         """Batches per epoch (the last one counts even when it is skipped for having one photo)."""
-        return math.ceil(len(self.split) / self.batch_size)
+        return math.ceil(math.ceil(len(self.split) / self.world_size) / self.batch_size)
 
     def augment(self, epoch: int) -> Callable:
         """The recipe's training augmentation, seeded for ``epoch``."""
@@ -72,6 +78,8 @@ class PhotoBatches:
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """Shuffled, augmented batches of every photo."""
         order = np.random.default_rng(epoch_seed(self.recipe.seed, epoch)).permutation(len(self.split))
+        share = math.ceil(len(order) / self.world_size)
+        order = np.resize(order, share * self.world_size)[self.rank::self.world_size]
         aug = self.augment(epoch)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -81,9 +89,10 @@ class PhotoBatches:
                    torch.as_tensor(self.split.labels[idx]))
 
     @torch.inference_mode()
-    def features(self, model: nn.Module, views: int,
+    def features(self, model: nn.Module, views: int, runtime: Runtime = CPU,
                  on_batch: Callable[[int, int], None] = lambda i, n: None) -> Batch:
-        """Pooled features (and labels) of ``views`` augmented copies of every photo, in order."""
+        """Pooled features (on ``runtime``'s device) and labels of ``views`` augmented copies of
+        every photo, in order."""
         model.eval()
         feats, labels = [], []
         for view in range(views):
@@ -91,19 +100,19 @@ class PhotoBatches:
             for start in range(0, len(self.split), self.batch_size):
                 idx = range(start, min(start + self.batch_size, len(self.split)))
                 arrays = [aug(image=self.split.arrays[i])["image"] for i in idx]
-                feats.append(pooled_features(model, self._tensor(arrays)))
+                feats.append(pooled_features(model, self._tensor(arrays), runtime))
                 labels.append(torch.as_tensor(self.split.labels[list(idx)]))
                 on_batch(len(feats), views * len(self))
         return torch.cat(feats).clone(), torch.cat(labels).clone()
 
     @torch.inference_mode()
-    def eval_features(self, model: nn.Module) -> torch.Tensor:
+    def eval_features(self, model: nn.Module, runtime: Runtime = CPU) -> torch.Tensor:
         """Pooled features of every photo as evaluation preprocesses it (no augmentation)."""
         model.eval()
         out = []
         for start in range(0, len(self.split), self.batch_size):
             arrays = [eval_array(a, self.pre) for a in self.split.arrays[start:start + self.batch_size]]
-            out.append(pooled_features(model, self._tensor(arrays)))
+            out.append(pooled_features(model, self._tensor(arrays), runtime))
         return torch.cat(out).clone()
 
 

@@ -5,6 +5,7 @@ import difflib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
@@ -85,7 +86,32 @@ class TrainSection(_Strict):
     # ModelEmaV3 with decay warm-up) instead of the raw ones; 0: off.
     ema_decay: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = True
-    bf16: bool = False  # bf16 autocast on CPU: helps some CNNs (resnet50), not EfficientNet
+    # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
+    # 32 (fp32); bf16 (bf16 autocast: on CPU it helps some CNNs, e.g. resnet50, not EfficientNet);
+    # 16-mixed (fp16 autocast with a gradient scaler, CUDA only).
+    precision: Literal["32", "bf16", "16-mixed"] = "32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision(cls, data: Any) -> Any:
+        """``precision: 32`` may be a YAML number; ``bf16: true`` is the deprecated spelling of
+        ``precision: bf16``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("precision"), int):
+            data["precision"] = str(data["precision"])
+        bf16 = data.pop("bf16", False)
+        if bf16 not in (True, False):
+            raise ValueError(f"bf16 must be true or false (got {bf16!r}); better, use precision: bf16")
+        if bf16:
+            if data.setdefault("precision", "bf16") != "bf16":
+                raise ValueError(f"bf16: true contradicts precision: {data['precision']}; drop bf16 "
+                                 "(deprecated) and keep precision")
+            warnings.warn("recipe field train.bf16 is deprecated: write train.precision: bf16",
+                          FutureWarning, stacklevel=2)
+        return data
 
     @model_validator(mode="after")
     def _some_training(self) -> "TrainSection":

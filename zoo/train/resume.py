@@ -55,7 +55,7 @@ def save_state(run: Path, state: ResumeState) -> None:
     tensors |= opt_tensors
     info = {"stage": state.stage, "epoch": state.epoch, "best": state.best,
             "bad_epochs": state.bad_epochs, "best_tiebreak": state.best_tiebreak,
-            "history": state.history, "optimizer": opt_info,
+            "history": state.history, "optimizer": opt_info, "scaler": state.scaler,
             "scheduler": json.loads(json.dumps(state.scheduler, default=lambda o: None))}
     with atomic_path(run / STATE_DIR / STATE_FILE, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata={"state": json.dumps(info)})
@@ -103,7 +103,8 @@ def load_state(run: Path) -> ResumeState:
 
     return ResumeState(info["stage"], info["epoch"], info["best"], info["bad_epochs"],
                        info.get("best_tiebreak"), info["history"], part("model/"), part("best/"),
-                       _join_optimizer(tensors, info["optimizer"]), info["scheduler"], part("ema/"))
+                       _join_optimizer(tensors, info["optimizer"]), info["scheduler"], part("ema/"),
+                       info.get("scaler", {}))
 
 
 def check_state(state: ResumeState, recipe: Recipe, pretrained: bool, run: Path) -> ResumeState:

@@ -1,4 +1,7 @@
-"""``zoo train``: recipe -> data -> model -> Trainer -> run folder -> leaderboard row."""
+"""``zoo train``: recipe -> data -> model -> Trainer -> run folder -> leaderboard row.
+
+Under torchrun every process runs ``train``; rank 0 alone writes the run folder, its resume
+state, plots and leaderboard row (``zoo.train.distributed``)."""
 from __future__ import annotations
 
 import platform
@@ -23,6 +26,7 @@ from zoo.evaluate.metrics import classification_metrics
 from zoo.fileio import write_text
 from zoo.models.factory import build_model, count_params, preprocessing_of
 from zoo.models.inference import predict_logits
+from zoo.models.runtime import Runtime
 from zoo.models.weights import create_pretrained
 from zoo.paths import runs_home
 from zoo.store.leaderboard import record
@@ -37,9 +41,10 @@ from zoo.store.runs import (
     write_meta,
 )
 from zoo.train.batches import SplitArrays
+from zoo.train.distributed import Cluster, lost_contact, write_rank_digest
 from zoo.train.recipes import Recipe, dump_recipe, read_recipe_file, validate_recipe
 from zoo.train.resume import check_state, clear_state, load_state, save_state
-from zoo.train.trainer import Trainer
+from zoo.train.trainer import ResumeState, Trainer
 
 RANDOM_INIT = "random init (model.pretrained=false)"
 
@@ -49,6 +54,7 @@ class TrainOptions:
     data: str | None = None
     name: str | None = None
     weights: str | None = None
+    device: str | None = None  # overrides the recipe's train.device
     home: Path = field(default_factory=runs_home)
 
     def __post_init__(self) -> None:
@@ -92,17 +98,18 @@ def prepare_data(data: str | None, pre: Preprocessing, rep: Reporter) -> Prepare
     return PreparedData(index, split, notes, parts)
 
 
-def inference_speed(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing) -> float:
+def inference_speed(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
+                    runtime: Runtime = Runtime()) -> float:
     """Images per second for batched inference on decoded photos (after one untimed batch)."""
     sample = arrays[:32]
-    predict_logits(model, sample[:4], pre)
+    predict_logits(model, sample[:4], pre, runtime=runtime)
     start = time.perf_counter()
-    predict_logits(model, sample, pre)
+    predict_logits(model, sample, pre, runtime=runtime)
     return len(sample) / (time.perf_counter() - start)
 
 
-def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int) -> np.ndarray:
-    return torch.softmax(predict_logits(model, part.arrays, pre, bs), 1).numpy()
+def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int, runtime: Runtime) -> np.ndarray:
+    return torch.softmax(predict_logits(model, part.arrays, pre, bs, runtime=runtime), 1).numpy()
 
 
 def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Preprocessing,
@@ -132,8 +139,8 @@ def _start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessin
     }
 
 
-def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
-    """An unfinished run's folder, metadata and its own saved recipe."""
+def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe, ResumeState]:
+    """An unfinished run's folder, metadata, its own saved recipe and its resume state."""
     path = run_dir(run, home)
     meta = read_meta(path)
     if meta.get("status") == "finished":
@@ -143,18 +150,29 @@ def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe]:
         recipe = validate_recipe(read_recipe_file(config, "Saved recipe"), str(config))
     except ZooError as exc:
         raise ZooError(f"Run '{run}' has no usable config.yaml to resume from: {exc}") from exc
-    return path, meta, recipe
+    pretrained = meta.get("weights_source") != RANDOM_INIT
+    return path, meta, recipe, check_state(load_state(path), recipe, pretrained, path)
 
 
 def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None = None) -> Path:
-    """Train a new run, or continue run ``resume`` from its last finished epoch."""
+    """Train a new run, or continue run ``resume`` from its last finished epoch; under torchrun,
+    as one of the data-parallel processes."""
+    cluster = Cluster.from_env()
+    with cluster.session():
+        return _train(recipe, opts, rep, resume, cluster)
+
+
+def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None, cluster: Cluster) -> Path:
     torch.manual_seed(recipe.seed)
     state = None
     if resume:
-        path, meta, recipe = resume_target(resume, opts.home)
-        state = check_state(load_state(path), recipe, meta.get("weights_source") != RANDOM_INIT, path)
+        path, meta, recipe, state = cluster.from_main(lambda: resume_target(resume, opts.home))
+    runtime = cluster.runtime(opts.device or recipe.train.device, recipe.train.precision)
     pre = preprocessing_of(build_model(recipe.model.name, 2, **recipe.model.kwargs), recipe.data.image_size)
-    data = prepare_data(opts.data or (meta["data_root"] if resume else None), pre, rep)
+    with cluster.main_first():
+        data = prepare_data(opts.data or (meta["data_root"] if resume else None), pre, rep)
+        if not resume:
+            model, source = create_for_recipe(recipe, len(data.split.classes), opts.weights)
     if resume:
         if data.split.id != meta["split_id"]:
             raise ZooError(f"Run '{resume}' was trained on split {meta['split_id']}, but the data "
@@ -162,44 +180,55 @@ def train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None 
         model = build_model(recipe.model.name, len(data.split.classes), **recipe.model.kwargs)
         meta["status"] = "running"
     else:
-        model, source = create_for_recipe(recipe, len(data.split.classes), opts.weights)
-        path, meta = _new_run(recipe, opts, data, pre, model, source)
+        path, meta = cluster.from_main(lambda: _new_run(recipe, opts, data, pre, model, source))
+    meta.update(runtime.describe(), processes=cluster.world_size)
     for note in data.notes:
         rep.note(note)
     rep.log(f"run {meta['name']}{' (resumed)' if resume else ''}: {recipe.model.name} "
             f"({meta['params']:,} params, weights: {meta['weights_source']}), "
             f"{len(data.parts['train'])} train / {len(data.parts['val'])} val / "
-            f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes",
+            f"{len(data.parts['test'])} test images, {len(data.split.classes)} classes, on "
+            f"{meta['device_name']} (precision {runtime.precision})"
+            + (f" x {cluster.world_size} processes" if cluster.distributed else ""),
             bold=meta["name"])
     start = time.perf_counter()
     pretrained = meta["weights_source"] != RANDOM_INIT
     max_epochs = recipe.train.epochs + (recipe.train.warmup.epochs if pretrained and recipe.train.warmup else 0)
-    trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"],
-                      on_epoch=lambda row: (rep.epoch(row, max_epochs), write_history(path, trainer.history)),
-                      on_batch=lambda stage, i, n: rep.advance(stage, i, n),
-                      on_checkpoint=lambda st: save_state(path, st))
+    hooks = dict(on_epoch=lambda row: (rep.epoch(row, max_epochs), write_history(path, trainer.history)),
+                 on_batch=lambda stage, i, n: rep.advance(stage, i, n),
+                 on_checkpoint=lambda st: save_state(path, st)) if cluster.main else {}
+    trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"], runtime, cluster, **hooks)
     try:
         history = trainer.fit(pretrained, state)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if not cluster.main or not (interrupted or lost_contact(exc)):
+            raise
         meta.update(status="interrupted", fit_seconds=meta["fit_seconds"] + time.perf_counter() - start)
         write_meta(path, meta)
         record(meta, opts.home)
-        raise ZooError(f"Interrupted. Run '{meta['name']}' keeps its last finished epoch; continue "
-                       f"with: zoo train {recipe.model.name} --resume {meta['name']}", exit_code=130)
+        raise ZooError(f"{'Interrupted' if interrupted else 'Lost contact with another training process'}"
+                       f". Run '{meta['name']}' keeps its last finished epoch; continue with: zoo train "
+                       f"{recipe.model.name} --resume {meta['name']}", exit_code=130 if interrupted else 1) from None
     meta["fit_seconds"] += time.perf_counter() - start
-    finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size)
-    clear_state(path)
+    write_rank_digest(trainer.model, cluster)
+    cluster.barrier()
+    if cluster.main:
+        finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size, runtime)
+        clear_state(path)
     return path
 
 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
-               history: list[dict], batch_size: int) -> None:
-    """Score val and test, calibrate on val, save weights, predictions, plots; rank the run."""
+               history: list[dict], batch_size: int, runtime: Runtime = Runtime()) -> None:
+    """Score val and test (on one device), calibrate on val, save weights, predictions, plots;
+    rank the run."""
     from zoo.report.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
 
     classes = meta["classes"]
     val, test = data.parts["val"], data.parts["test"]
-    uncalibrated = {"val": _probs(model, val, pre, batch_size), "test": _probs(model, test, pre, batch_size)}
+    uncalibrated = {split: _probs(model, part, pre, batch_size, runtime)
+                    for split, part in (("val", val), ("test", test))}
     scaler = TemperatureScaler().fit(uncalibrated["val"], val.labels)
     metrics = {}
     for split, part in (("val", val), ("test", test)):
@@ -211,7 +240,7 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
                                                                     classes)["ece"]
     save_weights(path / "model.safetensors", model)
     meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(),
-                infer_img_per_s=inference_speed(model, val.arrays, pre),
+                infer_img_per_s=inference_speed(model, val.arrays, pre, runtime),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), epochs_run=len(history))
     plot_learning_curves(history, path / "plots" / "learning_curves.png")
     plot_confusion_matrix(np.array(metrics["test"]["confusion"]), classes, path / "plots" / "confusion_matrix.png")

@@ -18,6 +18,13 @@ Each stage stops early on the validation monitor and restores its best weights. 
 epoch the trainer hands a ``ResumeState`` to ``on_checkpoint``; seeds come from ``epoch_seed``
 (seed, stage, epoch), so a resumed run ends exactly where an uninterrupted one would.
 The test split never enters this module.
+
+Where it runs is given, never assumed: ``runtime`` (device, autocast, fp16 gradient scaler) and
+``cluster`` (this process's rank among the data-parallel processes; see ``zoo.train.distributed``).
+With several processes each rank trains on its share of the photos through DDP, computes the
+cached features of its share and gathers everyone's (every rank then trains the same head), and
+scores its share of validation and gathers the logits (every rank takes the same decisions).
+``trainer.model`` stays the plain model: the timm head API is there, DDP only wraps its forward.
 """
 from __future__ import annotations
 
@@ -37,7 +44,9 @@ from timm.utils import ModelEmaV3
 from zoo.data.preprocessing import Preprocessing
 from zoo.errors import ZooError
 from zoo.models.inference import predict_logits
+from zoo.models.runtime import Runtime
 from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
+from zoo.train.distributed import Cluster
 from zoo.train.recipes import EarlyStopping, Recipe
 
 
@@ -99,6 +108,7 @@ class ResumeState:
     optimizer: dict
     scheduler: dict
     ema: dict[str, torch.Tensor] = field(default_factory=dict)  # averaged weights, when on
+    scaler: dict = field(default_factory=dict)  # fp16 gradient scaler (precision 16-mixed)
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,6 +122,8 @@ class Trainer:
     recipe: Recipe
     train: SplitArrays
     val: SplitArrays
+    runtime: Runtime = Runtime()
+    cluster: Cluster = Cluster()
     on_epoch: Callable[[dict], None] = lambda row: None
     on_batch: Callable[[str, int, int], None] = lambda stage, i, n: None
     on_checkpoint: Callable[[ResumeState], None] = lambda state: None
@@ -121,11 +133,14 @@ class Trainer:
         self.cfg = self.recipe.train
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.val_labels = torch.as_tensor(self.val.labels)
+        self.model = self.model.to(self.runtime.device)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
-        self.photos = PhotoBatches(self.train, self.pre, self.recipe)
-        self.val_photos = PhotoBatches(self.val, self.pre, self.recipe)
+        self.scaler = self.runtime.grad_scaler()
+        rank, world = self.cluster.rank, self.cluster.world_size
+        self.photos = PhotoBatches(self.train, self.pre, self.recipe, rank, world)
+        self.val_photos = PhotoBatches(self.cluster.shard(self.val), self.pre, self.recipe)
 
     # ---- the schedule -------------------------------------------------------------------
     def schedule(self, pretrained: bool) -> list[Callable[[], Stage]]:
@@ -153,9 +168,10 @@ class Trainer:
         self._set_trainable(frozen_backbone=True)
         if not warm.cached_features:
             return self._photo_stage("warmup", head, warm.epochs, warm.lr, frozen_backbone=True)
-        feats, labels = self.photos.features(self.model, warm.views,
-                                             lambda i, n: self.on_batch("features", i, n))
-        val_feats = self.val_photos.eval_features(self.model)
+        share = PhotoBatches(self.cluster.shard(self.train), self.pre, self.recipe)
+        feats, labels = (self.cluster.gather_rows(t) for t in share.features(
+            self.model, warm.views, self.runtime, lambda i, n: self.on_batch("features", i, n)))
+        val_feats = self.cluster.gather_rows(self.val_photos.eval_features(self.model, self.runtime))
         drop = nn.Dropout(getattr(self.model, "drop_rate", 0.0) or 0.0)
         return Stage("warmup", head, warm.epochs, warm.lr, math.ceil(len(labels) / HEAD_BATCH_SIZE),
                      batches=lambda epoch: feature_batches(feats, labels, self.recipe.seed, epoch),
@@ -169,12 +185,13 @@ class Trainer:
                                  ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay)
 
     def _photo_stage(self, name: str, module: nn.Module, epochs: int, lr: float, **options) -> Stage:
-        """A stage that runs augmented photos through the whole model."""
-        bs = self.recipe.data.batch_size
-        val_logits = lambda: predict_logits(self.model, self.val.arrays, self.pre, bs,  # noqa: E731
-                                            self.cfg.channels_last)
+        """A stage that runs augmented photos through the whole model (in DDP with several
+        processes: built after ``_set_trainable``, it syncs the gradients of what trains)."""
+        bs, arrays = self.recipe.data.batch_size, self.val_photos.split.arrays
+        val_logits = lambda: self.cluster.gather_rows(predict_logits(  # noqa: E731
+            self.model, arrays, self.pre, bs, self.cfg.channels_last, self.runtime))
         return Stage(name, module, epochs, lr, len(self.photos), self.photos.train_batches,
-                     self.model, val_logits, **options)
+                     self.cluster.wrap(self.model, self.runtime.device), val_logits, **options)
 
     def _set_trainable(self, frozen_backbone: bool) -> None:
         """Gradients for the head alone, or for all but the frozen leading layer groups."""
@@ -196,6 +213,8 @@ class Trainer:
             start = time.perf_counter()
             torch.manual_seed(epoch_seed(self.recipe.seed, epoch, index))  # dropout; resumable
             train_loss = self.train_epoch(stage, epoch, opt, sched, ema)
+            if not (stage.frozen_backbone or self.cfg.freeze_bn_stats):
+                self.cluster.sync_batch_norm(self.model, *([ema.module] if ema is not None else []))
             with self._weights_of(ema):
                 val_loss, val_acc = self.validate(stage)
                 by_loss = self.cfg.early_stopping.monitor == "val_loss"
@@ -212,18 +231,20 @@ class Trainer:
             self.on_checkpoint(ResumeState(
                 index, epoch + 1, stopper.best, stopper.bad_epochs, stopper.best_tiebreak,
                 list(self.history), self.model.state_dict(), best_state, opt.state_dict(),
-                sched.state_dict(), ema.module.state_dict() if ema is not None else {}))
+                sched.state_dict(), ema.module.state_dict() if ema is not None else {},
+                self.scaler.state_dict()))
         self.model.load_state_dict(best_state)
         self.on_checkpoint(ResumeState(index + 1, 0, None, 0, None, list(self.history),
                                        self.model.state_dict(), best_state, {}, {}))
 
-    @staticmethod
-    def _restore(resume: ResumeState, opt: torch.optim.Optimizer,
+    def _restore(self, resume: ResumeState, opt: torch.optim.Optimizer,
                  sched: torch.optim.lr_scheduler.LRScheduler, ema: ModelEmaV3 | None,
                  stopper: EarlyStopper) -> tuple[dict[str, torch.Tensor], int]:
         """Load a stage's saved optimisation state; its best weights and the next epoch."""
         opt.load_state_dict(resume.optimizer)
         sched.load_state_dict(resume.scheduler)
+        if resume.scaler:
+            self.scaler.load_state_dict(resume.scaler)
         if ema is not None:
             ema.module.load_state_dict(resume.ema)
         stopper.best, stopper.bad_epochs = resume.best, resume.bad_epochs
@@ -243,17 +264,19 @@ class Trainer:
             total += loss * len(batch[1])
             count += len(batch[1])
             self.on_batch(stage.name, i + 1, stage.n_batches)
+        total, count = self.cluster.sum(total, count)
         return total / max(count, 1)
 
     def train_step(self, stage: Stage, batch: Batch, opt: torch.optim.Optimizer,
                    sched: torch.optim.lr_scheduler.LRScheduler) -> float:
         """One optimisation step (modes as ``train_epoch`` sets them); the batch's loss."""
-        x, y = batch
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+        x, y = (self.runtime.move(t) for t in batch)
+        with self.runtime.autocast():
             loss = self.loss_fn(stage.forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
         sched.step()
         return loss.item()
 
@@ -273,7 +296,8 @@ class Trainer:
     def validate(self, stage: Stage) -> tuple[float, float]:
         """Validation loss and accuracy of the model as it is now."""
         self.model.eval()
-        logits = stage.val_logits().float()
+        with self.runtime.autocast():
+            logits = stage.val_logits().float().cpu()
         loss = F.cross_entropy(logits, self.val_labels).item()
         acc = (logits.argmax(1) == self.val_labels).float().mean().item()
         return loss, acc
