@@ -27,6 +27,7 @@ from timm.utils import distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 
 from zoo.errors import ZooError
+from zoo.fileio import write_text
 from zoo.models.runtime import Runtime
 from zoo.train.batches import SplitArrays
 
@@ -186,4 +187,4 @@ def write_rank_digest(model: nn.Module, cluster: Cluster) -> None:
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    Path(folder, f"rank{cluster.rank}.sha256").write_text(digest.hexdigest())
+    write_text(Path(folder, f"rank{cluster.rank}.sha256"), digest.hexdigest())
