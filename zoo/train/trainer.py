@@ -124,8 +124,9 @@ class Trainer:
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
-        self.photos = PhotoBatches(self.train, self.pre, self.recipe)
-        self.val_photos = PhotoBatches(self.val, self.pre, self.recipe)
+        workers = self.recipe.data.loader_workers(cuda=False)
+        self.photos = PhotoBatches(self.train, self.pre, self.recipe, workers=workers)
+        self.val_photos = PhotoBatches(self.val, self.pre, self.recipe, workers=workers)
 
     # ---- the schedule -------------------------------------------------------------------
     def schedule(self, pretrained: bool) -> list[Callable[[], Stage]]:
