@@ -14,7 +14,7 @@ from helpers_training import random_split
 from zoo.data.transforms import to_tensor
 from zoo.models.factory import build_model, preprocessing_of
 from zoo.models.inference import pooled_features, predict_logits
-from zoo.train.batches import FEATURE_VIEW_EPOCH, SplitArrays
+from zoo.train.batches import FEATURE_VIEW_EPOCH, SplitArrays, epoch_seed
 from zoo.train.recipes import Recipe
 from zoo.train.trainer import Stage, Trainer
 
@@ -73,8 +73,8 @@ def test_head_step_on_cached_features_equals_step_through_frozen_model(setup, op
     head_keys = {k for k in before if k.startswith("classifier.")}
 
     # The augmented views the cached features were computed from, in the same order.
-    aug = direct.photos.augment(FEATURE_VIEW_EPOCH)
-    views = to_tensor([aug(image=a)["image"] for a in train.arrays], pre)
+    seed = epoch_seed(direct.recipe.seed, FEATURE_VIEW_EPOCH)
+    views = to_tensor([direct.photos.dataset[seed, i][0] for i in range(len(train))], pre)
     with torch.inference_mode():
         direct.model.eval()
         expected = pooled_features(direct.model, views)

@@ -1,10 +1,15 @@
 """Decode cache: each photo is decoded once per size into a compact uint8 array and reused
 across epochs, runs and models. Keyed by file content (sha256), size and decoder version, so
 an edited photo is a new entry; the cache lives under the run root (``<ZOO_HOME>/.cache``,
-or ``ZOO_CACHE_DIR``)."""
+or ``ZOO_CACHE_DIR``).
+
+Training reads a dataset's photos from one memory-mapped pack (``zoo.data.pack``) per set of
+photos and size, built from the per-photo entries: those stay the source, so a changed split or
+dataset repacks by copying entries and decodes only new photos."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -13,12 +18,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from zoo.data.imaging import load_image, resize_short_side
+from zoo.data.pack import FORMAT_VERSION, PackedPhotos, PackError, write_pack
 from zoo.fileio import atomic_path
 from zoo.paths import runs_home
 
@@ -93,6 +99,7 @@ class DecodeCache:
         self.root = Path(root) if root else cache_root() / "decoded"
         self.hits = 0
         self.misses = 0
+        self.notes: list[str] = []  # packs found unusable and rebuilt
         self._lock = threading.Lock()  # get_many updates the counters from several threads
 
     def path(self, sha256: str, side: int) -> Path:
@@ -125,6 +132,11 @@ class DecodeCache:
     def get_many(self, files: list[Path], shas: list[str], side: int, workers: int = 2,
                  on_done: Callable[[], None] | None = None) -> list[np.ndarray]:
         """Decode (or read) many photos; Pillow releases the GIL, so threads overlap decoding."""
+        return list(self._stream(files, shas, side, workers, on_done))
+
+    def _stream(self, files: list[Path], shas: list[str], side: int, workers: int,
+                on_done: Callable[[], None] | None) -> Iterator[np.ndarray]:
+        """``get`` of each photo, in order, as the threads deliver them."""
         def one(args: tuple[Path, str]) -> np.ndarray:
             arr = self.get(args[0], args[1], side)
             if on_done:
@@ -132,7 +144,43 @@ class DecodeCache:
             return arr
 
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, zip(files, shas)))
+            yield from pool.map(one, zip(files, shas))
+
+    def pack_path(self, shas: list[str], side: int) -> Path:
+        """Where the pack of this set of photos (content hashes, any order) at ``side`` lives."""
+        key = hashlib.sha256(" ".join(sorted(set(shas))).encode()).hexdigest()
+        return self.root / "packs" / f"v{DECODER_VERSION}.{FORMAT_VERSION}" / str(side) / f"{key}.pack"
+
+    def pack(self, files: list[Path], shas: list[str], side: int, workers: int = 2,
+             on_done: Callable[[], None] | None = None) -> PackedPhotos:
+        """Every distinct photo of ``files`` (one entry per content hash, sorted) in one
+        memory-mapped pack: the existing pack when it is whole and holds exactly these photos,
+        else one built from the entries (decoding what is missing; a damaged pack is noted)."""
+        path = self.pack_path(shas, side)
+        source = dict(zip(shas, files))
+        keys = sorted(source)
+        pack = self._existing_pack(path, side, keys)
+        if pack is not None:
+            with self._lock:
+                self.hits += len(keys)
+            return pack
+        arrays = self._stream([source[k] for k in keys], keys, side, workers, on_done)
+        write_pack(path, keys, arrays, side, DECODER_VERSION)
+        return PackedPhotos(path, side, DECODER_VERSION)
+
+    def _existing_pack(self, path: Path, side: int, keys: list[str]) -> PackedPhotos | None:
+        """The pack at ``path`` when it is whole and holds exactly ``keys``; a damaged or
+        foreign file is noted (the caller replaces it)."""
+        try:
+            pack = PackedPhotos(path, side, DECODER_VERSION)
+            if pack.shas != keys:
+                raise PackError("holds other photos")
+            return pack
+        except FileNotFoundError:
+            return None
+        except PackError as exc:
+            self.notes.append(f"decode cache: {path} {exc}; rebuilt")
+            return None
 
     def _key(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

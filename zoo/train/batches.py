@@ -1,18 +1,23 @@
 """Training batches for the trainer: photos augmented and shuffled afresh each epoch, and the
 pooled features of a frozen backbone, computed once for the head stage.
 
-Every random choice is seeded by ``epoch_seed``, so an epoch's batches do not depend on the
-epochs before it and a resumed run sees the batches an uninterrupted one would.
+Every random choice is seeded by ``epoch_seed``: an epoch's order by its seed, each photo's
+augmentation by that seed and the photo's index. So an epoch's batches depend neither on the
+epochs before it (a resumed run sees the batches an uninterrupted one would) nor on how many
+worker processes build them.
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import build_train_transform, eval_array, to_tensor
@@ -39,25 +44,63 @@ class SplitArrays:
     """Decoded photos of one split (uint8 arrays at ``Preprocessing.resize_side``)."""
 
     paths: list[str]  # relative to the data root
-    arrays: list[np.ndarray]
+    arrays: Sequence[np.ndarray]  # a list, or a memory-mapped PackedPhotos
     labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
+Key = tuple[int | None, int]  # (augmentation seed of a pass, None for the eval view; photo index)
+
+
+class PhotoDataset(Dataset):
+    """Item ``(seed, i)``: photo ``i`` of a split and its label; the photo augmented with
+    randomness drawn from ``(seed, i)`` alone (the same in any process, in any order), or its
+    eval view when ``seed`` is None."""
+
+    def __init__(self, split: SplitArrays, pre: Preprocessing, steps: list[dict]) -> None:
+        self.split, self.pre = split, pre
+        self.aug = build_train_transform(steps, pre.image_size, seed=0)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, int]:
+        seed, i = key
+        photo, label = self.split.arrays[i], int(self.split.labels[i])
+        if seed is None:
+            return eval_array(photo, self.pre), label
+        rng = np.random.default_rng((seed, i))
+        self.aug.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        return self.aug(image=photo)["image"], label
+
+
+def _collate(items: list[tuple[np.ndarray, int]], pre: Preprocessing, channels_last: bool) -> Batch:
+    arrays, labels = zip(*items)
+    return to_tensor(list(arrays), pre, channels_last), torch.tensor(labels)
+
+
 @dataclass
 class PhotoBatches:
-    """One split's photos as model input: augmented training batches or pooled features. With
-    ``world_size`` processes, each epoch's shuffled order is padded (as torch's
-    ``DistributedSampler`` pads) to equal shares and process ``rank`` takes every
-    ``world_size``-th photo: every rank runs the same number of steps."""
+    """One split's photos as model input: augmented training batches or pooled features.
+
+    Batches are built in this process (``workers=0``) or by worker processes, with identical
+    results. With ``world_size`` > 1, training batches hold this ``rank``'s share of each
+    epoch's permutation (as torch's DistributedSampler; no process group needed)."""
 
     split: SplitArrays
     pre: Preprocessing
     recipe: Recipe
     rank: int = 0
     world_size: int = 1
+    workers: int = 0
+    pin_memory: bool = False  # page-locked batches, for a CUDA model
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not one of world_size {self.world_size} ranks")
+        self.dataset = PhotoDataset(self.split, self.pre, self.recipe.augment.get("train", []))
 
     @property
     def batch_size(self) -> int:
@@ -67,26 +110,28 @@ class PhotoBatches:
         """Batches per epoch (the last one counts even when it is skipped for having one photo)."""
         return math.ceil(math.ceil(len(self.split) / self.world_size) / self.batch_size)
 
-    def augment(self, epoch: int) -> Callable:
-        """The recipe's training augmentation, seeded for ``epoch``."""
-        return build_train_transform(self.recipe.augment.get("train", []), self.pre.image_size,
-                                     seed=epoch_seed(self.recipe.seed, epoch))
-
-    def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        return to_tensor(arrays, self.pre, self.recipe.train.channels_last)
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's photos in ``epoch``: every ``world_size``-th of the epoch's permutation,
+        which wraps around so that every rank gets as many."""
+        perm = np.random.default_rng(epoch_seed(self.recipe.seed, epoch)).permutation(len(self.split))
+        return np.resize(perm, -(-len(perm) // self.world_size) * self.world_size)[self.rank::self.world_size]
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """Shuffled, augmented batches of every photo."""
-        order = np.random.default_rng(epoch_seed(self.recipe.seed, epoch)).permutation(len(self.split))
-        share = math.ceil(len(order) / self.world_size)
-        order = np.resize(order, share * self.world_size)[self.rank::self.world_size]
-        aug = self.augment(epoch)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            if len(idx) < 2 and start:  # batch norm cannot train on one image
-                continue
-            yield (self._tensor([aug(image=self.split.arrays[i])["image"] for i in idx]),
-                   torch.as_tensor(self.split.labels[idx]))
+        """Shuffled, augmented batches of this rank's photos."""
+        seed, order, bs = epoch_seed(self.recipe.seed, epoch), self.order(epoch), self.batch_size
+        batches = [[(seed, int(i)) for i in order[start:start + bs]] for start in range(0, len(order), bs)]
+        return self._load([b for b in batches if len(b) > 1 or b is batches[0]])  # batch norm needs 2
+
+    def _in_order(self, seed: int | None) -> list[list[Key]]:
+        n, bs = len(self.split), self.batch_size
+        return [[(seed, i) for i in range(start, min(start + bs, n))] for start in range(0, n, bs)]
+
+    def _load(self, batches: list[list[Key]]) -> Iterator[Batch]:
+        """The batches of these keys as tensors."""
+        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                               collate_fn=partial(_collate, pre=self.pre,
+                                                  channels_last=self.recipe.train.channels_last),
+                               pin_memory=self.pin_memory))
 
     @torch.inference_mode()
     def features(self, model: nn.Module, views: int, runtime: Runtime = CPU,
@@ -96,24 +141,19 @@ class PhotoBatches:
         model.eval()
         feats, labels = [], []
         for view in range(views):
-            aug = self.augment(FEATURE_VIEW_EPOCH + view)
-            for start in range(0, len(self.split), self.batch_size):
-                idx = range(start, min(start + self.batch_size, len(self.split)))
-                arrays = [aug(image=self.split.arrays[i])["image"] for i in idx]
-                feats.append(pooled_features(model, self._tensor(arrays), runtime))
-                labels.append(torch.as_tensor(self.split.labels[list(idx)]))
-                on_batch(len(feats), views * len(self))
+            batches = self._in_order(epoch_seed(self.recipe.seed, FEATURE_VIEW_EPOCH + view))
+            for x, y in self._load(batches):
+                feats.append(pooled_features(model, x, runtime))
+                labels.append(y)
+                on_batch(len(feats), views * len(batches))
         return torch.cat(feats).clone(), torch.cat(labels).clone()
 
     @torch.inference_mode()
     def eval_features(self, model: nn.Module, runtime: Runtime = CPU) -> torch.Tensor:
         """Pooled features of every photo as evaluation preprocesses it (no augmentation)."""
         model.eval()
-        out = []
-        for start in range(0, len(self.split), self.batch_size):
-            arrays = [eval_array(a, self.pre) for a in self.split.arrays[start:start + self.batch_size]]
-            out.append(pooled_features(model, self._tensor(arrays), runtime))
-        return torch.cat(out).clone()
+        return torch.cat([pooled_features(model, x, runtime)
+                          for x, _ in self._load(self._in_order(None))]).clone()
 
 
 def feature_batches(x: torch.Tensor, y: torch.Tensor, seed: int, epoch: int,

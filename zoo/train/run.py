@@ -79,22 +79,23 @@ def create_for_recipe(recipe: Recipe, num_classes: int, weights: str | None) -> 
 
 
 def prepare_data(data: str | None, pre: Preprocessing, rep: Reporter) -> PreparedData:
-    """Scan, split, and decode every photo once (decode cache) at the model's resize side."""
+    """Scan and split; decode every photo once (decode cache) at the model's resize side into
+    the memory-mapped pack that the three parts read from."""
     index = scan_dataset(resolve_data_root(data))
     split, notes = get_split(index)
     notes += [f"skipped {path}: {reason}" for path, reason in index.skipped]
     by_path = {it.path: it for it in index.items}
+    paths = {name: [p for p in split.paths(name) if p in by_path] for name in ("train", "val", "test")}
+    photos = [by_path[p] for part in paths.values() for p in part]
     cache = DecodeCache()
+    done, total = iter(range(1, len(photos) + 1)), len({it.sha256 for it in photos})
+    pack = cache.pack([index.root / it.path for it in photos], [it.sha256 for it in photos],
+                      pre.resize_side, on_done=lambda: rep.advance("decode", next(done), total))
     parts = {}
-    for name in ("train", "val", "test"):
-        paths = [p for p in split.paths(name) if p in by_path]
-        files = [index.root / p for p in paths]
-        done = iter(range(1, len(paths) + 1))
-        arrays = cache.get_many(files, [by_path[p].sha256 for p in paths], pre.resize_side,
-                                on_done=lambda: rep.advance(f"decode {name}", next(done), len(paths)))
-        labels = np.array([split.classes.index(by_path[p].label) for p in paths], dtype=np.int64)
-        parts[name] = SplitArrays(paths, arrays, labels)
-    notes.append(f"decode cache: {cache.hits} hits, {cache.misses} decoded")
+    for name, part in paths.items():
+        labels = np.array([split.classes.index(by_path[p].label) for p in part], dtype=np.int64)
+        parts[name] = SplitArrays(part, pack.subset([by_path[p].sha256 for p in part]), labels)
+    notes += cache.notes + [f"decode cache: {cache.hits} hits, {cache.misses} decoded"]
     return PreparedData(index, split, notes, parts)
 
 

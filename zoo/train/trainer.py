@@ -139,8 +139,11 @@ class Trainer:
         self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
         self.scaler = self.runtime.grad_scaler()
         rank, world = self.cluster.rank, self.cluster.world_size
-        self.photos = PhotoBatches(self.train, self.pre, self.recipe, rank, world)
-        self.val_photos = PhotoBatches(self.cluster.shard(self.val), self.pre, self.recipe)
+        workers = self.recipe.data.loader_workers(cuda=self.runtime.device.type == "cuda")
+        pin = self.runtime.device.type == "cuda"
+        self.photos = PhotoBatches(self.train, self.pre, self.recipe, rank, world, workers, pin)
+        self.val_photos = PhotoBatches(self.cluster.shard(self.val), self.pre, self.recipe,
+                                       workers=workers, pin_memory=pin)
 
     # ---- the schedule -------------------------------------------------------------------
     def schedule(self, pretrained: bool) -> list[Callable[[], Stage]]:
