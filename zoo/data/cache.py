@@ -176,7 +176,7 @@ class DecodeCache:
             if pack.shas != keys:
                 raise PackError("holds other photos")
             return pack
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none yet (or no folder: writing says why)
             return None
         except PackError as exc:
             self.notes.append(f"decode cache: {path} {exc}; rebuilt")
