@@ -245,3 +245,12 @@ def test_cli_cache_clear(tmp_path: Path, monkeypatch, photos) -> None:
     again = DecodeCache()
     again.get(*photos["png"], SIDE)
     assert (again.hits, again.misses) == (0, 1)
+
+
+def test_clear_removes_packs_too(cache: DecodeCache, photos) -> None:
+    files, shas = zip(*photos.values())
+    pack = cache.pack(list(files), list(shas), SIDE)
+    assert pack.path.exists()
+    cleared = cache.clear()
+    assert not pack.path.exists() and not cleared.kept
+    assert cleared.entries == len(photos) + 1  # every entry and the pack

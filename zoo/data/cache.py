@@ -37,9 +37,11 @@ DRAFT_MARGIN = 2
 # Part of every entry's path: bump it whenever decode_array's output changes, so arrays from an
 # older decoder are never mixed with new ones (results would depend on the cache's history).
 DECODER_VERSION = 3  # 3: 16-bit images in integer maths, transparency pasted on white
-# What ``DecodeCache.path`` writes, relative to the cache root (any decoder version), and what
-# ``atomic_path`` leaves beside it when a write is interrupted: nothing else is deleted by clear().
-_ENTRY = re.compile(r"v\d+/\d+/[0-9a-f]{2}/([0-9a-f]{64}\.npy|\.[0-9a-f]{64}\.npy\.\w+\.tmp)")
+# What ``DecodeCache.path`` and ``pack_path`` write, relative to the cache root (any version),
+# and what ``atomic_path`` leaves beside them when a write is interrupted: nothing else is
+# deleted by clear().
+_ENTRY = re.compile(r"v\d+/\d+/[0-9a-f]{2}/([0-9a-f]{64}\.npy|\.[0-9a-f]{64}\.npy\.\w+\.tmp)"
+                    r"|packs/v\d+\.\d+/\d+/\.?[0-9a-f]{64}\.pack(\.\w+\.tmp)?")
 
 
 def cache_root() -> Path:
