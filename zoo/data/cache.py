@@ -161,7 +161,7 @@ class DecodeCache:
             if pack.shas != keys:
                 raise PackError("holds other photos")
             return pack
-        except FileNotFoundError:
+        except OSError:  # absent or unreadable: building it reports what is wrong, if anything
             return None
         except PackError as exc:
             self.notes.append(f"decode cache: {path} {exc}; rebuilt")
