@@ -7,12 +7,15 @@ import pytest
 import torch
 from helpers_training import random_split
 
-from zoo.data.cache import DecodeCache
+from zoo.console import Reporter
+from zoo.data.cache import DecodeCache, decode_array
+from zoo.data.pack import PackedPhotos
 from zoo.data.preprocessing import Preprocessing
 from zoo.errors import ZooError
 from zoo.models.factory import build_model
 from zoo.train.batches import PhotoBatches, SplitArrays, epoch_seed
 from zoo.train.recipes import Recipe, load_recipe
+from zoo.train.run import prepare_data
 
 PRE = Preprocessing(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 N = 23
@@ -113,3 +116,16 @@ def test_data_workers(value, cpu: int, cuda: int | None, monkeypatch) -> None:
 def test_bad_data_workers_are_refused(value: str) -> None:
     with pytest.raises(ZooError, match=r"data\.workers: must be 'auto' or a whole number >= 0"):
         load_recipe("custom_cnn", [f"data.workers={value}"])
+
+
+def test_prepare_data_reads_every_part_from_one_pack(zoo_env, monkeypatch) -> None:
+    monkeypatch.delenv("ZOO_CACHE_DIR", raising=False)
+    first = prepare_data(None, PRE, Reporter(quiet=True))
+    parts = first.parts.values()
+    assert {type(p.arrays) for p in parts} == {PackedPhotos}
+    assert len({p.arrays.path for p in parts}) == 1 and sum(len(p.arrays) for p in parts) == 24
+    for part in parts:
+        for path, arr in zip(part.paths, part.arrays):
+            np.testing.assert_array_equal(arr, decode_array(first.index.root / path, PRE.resize_side))
+    assert "decode cache: 0 hits, 24 decoded" in first.notes
+    assert "decode cache: 24 hits, 0 decoded" in prepare_data(None, PRE, Reporter(quiet=True)).notes

@@ -178,7 +178,7 @@ class DecodeCache:
             if pack.shas != keys:
                 raise PackError("holds other photos")
             return pack
-        except (FileNotFoundError, NotADirectoryError):  # none yet (or no folder: writing says why)
+        except OSError:  # absent or unreadable: building it reports what is wrong, if anything
             return None
         except PackError as exc:
             self.notes.append(f"decode cache: {path} {exc}; rebuilt")
