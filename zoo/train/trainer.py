@@ -139,11 +139,10 @@ class Trainer:
         self.frozen_modules = leading_groups(self.model, self.cfg.frozen_groups)  # fails fast
         self.scaler = self.runtime.grad_scaler()
         rank, world = self.cluster.rank, self.cluster.world_size
-        workers = self.recipe.data.loader_workers(cuda=self.runtime.device.type == "cuda")
-        pin = self.runtime.device.type == "cuda"
-        self.photos = PhotoBatches(self.train, self.pre, self.recipe, rank, world, workers, pin)
-        self.val_photos = PhotoBatches(self.cluster.shard(self.val), self.pre, self.recipe,
-                                       workers=workers, pin_memory=pin)
+        cuda = self.runtime.device.type == "cuda"
+        self.loading = dict(workers=self.recipe.data.loader_workers(cuda=cuda), pin_memory=cuda)
+        self.photos = PhotoBatches(self.train, self.pre, self.recipe, rank, world, **self.loading)
+        self.val_photos = PhotoBatches(self.cluster.shard(self.val), self.pre, self.recipe, **self.loading)
 
     # ---- the schedule -------------------------------------------------------------------
     def schedule(self, pretrained: bool) -> list[Callable[[], Stage]]:
@@ -171,7 +170,7 @@ class Trainer:
         self._set_trainable(frozen_backbone=True)
         if not warm.cached_features:
             return self._photo_stage("warmup", head, warm.epochs, warm.lr, frozen_backbone=True)
-        share = PhotoBatches(self.cluster.shard(self.train), self.pre, self.recipe)
+        share = PhotoBatches(self.cluster.shard(self.train), self.pre, self.recipe, **self.loading)
         feats, labels = (self.cluster.gather_rows(t) for t in share.features(
             self.model, warm.views, self.runtime, lambda i, n: self.on_batch("features", i, n)))
         val_feats = self.cluster.gather_rows(self.val_photos.eval_features(self.model, self.runtime))

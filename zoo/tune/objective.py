@@ -20,6 +20,7 @@ import torch
 from zoo.console import Reporter
 from zoo.data.cache import DecodeCache
 from zoo.data.dataset import DatasetIndex, resolve_data_root, scan_dataset
+from zoo.data.pack import PackedPhotos
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Split, cross_validation_folds, get_split
 from zoo.errors import ZooError
@@ -50,7 +51,8 @@ class CrossValidation:
     split: Split
     folds: list[Split]
     notes: list[str]
-    photos: dict[str, np.ndarray] = field(default_factory=dict)
+    photos: PackedPhotos | None = None  # train and val photos at ``side`` (the decode pack)
+    shas: dict[str, str] = field(default_factory=dict)  # their paths' content hashes
     side: int = 0
 
     @classmethod
@@ -66,22 +68,22 @@ class CrossValidation:
         return cls(index, split, folds, notes)
 
     def decode(self, side: int, rep: Reporter) -> None:
-        """Decode every train and val photo at ``side`` (the decode cache; only the latest side
-        stays in memory)."""
+        """Decode every train and val photo at ``side`` into the memory-mapped decode pack (as
+        ``zoo train`` does), once per image size."""
         if side == self.side:
             return
         items = [it for it in self.index.items if self.split.assignment.get(it.path) in ("train", "val")]
         done = itertools.count(1)
-        arrays = DecodeCache().get_many([self.index.root / it.path for it in items],
-                                        [it.sha256 for it in items], side,
-                                        on_done=lambda: rep.advance("decode", next(done), len(items)))
-        self.photos, self.side = dict(zip((it.path for it in items), arrays)), side
+        self.photos = DecodeCache().pack([self.index.root / it.path for it in items],
+                                         [it.sha256 for it in items], side,
+                                         on_done=lambda: rep.advance("decode", next(done), len(items)))
+        self.shas, self.side = {it.path: it.sha256 for it in items}, side
 
     def part(self, fold: int, name: str) -> SplitArrays:
         """Fold ``fold``'s train or val photos, as decoded by the last ``decode``."""
         label = {it.path: it.label for it in self.index.items}
-        paths = [p for p in self.folds[fold].paths(name) if p in self.photos]
-        return SplitArrays(paths, [self.photos[p] for p in paths],
+        paths = [p for p in self.folds[fold].paths(name) if p in self.shas]
+        return SplitArrays(paths, self.photos.subset([self.shas[p] for p in paths]),
                            np.array([self.split.classes.index(label[p]) for p in paths], dtype=np.int64))
 
 
