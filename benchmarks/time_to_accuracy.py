@@ -3,6 +3,7 @@
     python benchmarks/time_to_accuracy.py --data ~/minerals --target 0.90
     python benchmarks/time_to_accuracy.py --leaderboard          # cold-start leaderboard
     python benchmarks/time_to_accuracy.py --max-images 10 --image-size 64 --max-epochs 1  # smoke
+    PYTHONPATH=../old-zoo python benchmarks/time_to_accuracy.py --no-baseline   # another zoo version
 
 Both contestants use one split, made here with ``zoo.data.splits.make_split`` and saved where the
 ``zoo`` subprocesses read it (a private ZOO_SPLITS_DIR), so they see identical train / val / test
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int,
                    help=f"cap on each zoo training stage and on the baseline (default: recipes "
                         f"unchanged, baseline {BASELINE_EPOCHS})")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="time the zoo recipe and the throughput only (e.g. to compare two zoo versions)")
     p.add_argument("--baseline-lr", type=float, default=3e-4, help="baseline AdamW learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="baseline batch size")
     p.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (0 or 2)")
@@ -294,7 +297,7 @@ def throughput(index: DatasetIndex, split: Split, size: int, cache: Path,
     labels = torch.as_tensor(rng.integers(0, len(split.classes), bs))
 
     def step(batch: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.precision == "bf16"):
             loss = F.cross_entropy(model(batch).float(), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -322,14 +325,16 @@ def fmt(seconds: float | None) -> str:
     return "not reached" if seconds is None else f"{seconds:.1f}"
 
 
-def report(zoo_run: Result, base: Result, speed: dict[str, float], target: float) -> dict:
+def report(zoo_run: Result, base: Result | None, speed: dict[str, float], target: float) -> dict:
     print(f"\n## Time to {target:.0%} validation accuracy\n")
     print("| contestant | s to target | epochs to target | epochs | total s | best val acc | test acc |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in (zoo_run, base):
+    for r in (zoo_run, base) if base else (zoo_run,):
         print(f"| {r.name} | {fmt(r.seconds_to_target)} | {r.epochs_to_target or '-'} | {r.epochs} | "
               f"{r.total_seconds:.1f} | {r.best_val_accuracy:.4f} | {r.test_accuracy:.4f} |")
-    if zoo_run.seconds_to_target is None:
+    if base is None:
+        speedup = "n/a (--no-baseline)"
+    elif zoo_run.seconds_to_target is None:
         speedup = "n/a (the zoo recipe did not reach the target)"
     elif base.seconds_to_target is None:
         speedup = f">= {base.total_seconds / zoo_run.seconds_to_target:.1f}x (baseline never reached it)"
@@ -342,8 +347,8 @@ def report(zoo_run: Result, base: Result, speed: dict[str, float], target: float
           f"{speed['synthetic_img_per_s']:.1f} |")
     print(f"\nreal / synthetic: {speed['ratio']:.2f} (decode cache: {speed['cache_hits']} hits, "
           f"{speed['cache_decoded']} decoded)")
-    return {"target": target, "zoo": asdict(zoo_run), "baseline": asdict(base),
-            "speedup": speedup, "throughput": speed}
+    return {"target": target, "zoo": asdict(zoo_run),
+            "speedup": speedup, "throughput": speed} | ({"baseline": asdict(base)} if base else {})
 
 
 def time_to_accuracy(args: argparse.Namespace, work: Path) -> dict:
@@ -353,8 +358,10 @@ def time_to_accuracy(args: argparse.Namespace, work: Path) -> dict:
     print(f"zoo train {RECIPE} (cold decode cache {cache}) ...", flush=True)
     zoo_run = train_zoo(RECIPE, "zoo-recipe", index, split, zoo_env(work, cache, args.weights_dir),
                         args, work)
-    print(f"naive baseline ({args.workers} loader workers) ...", flush=True)
-    base = train_baseline(index, split, size, args)
+    base = None
+    if not args.no_baseline:
+        print(f"naive baseline ({args.workers} loader workers) ...", flush=True)
+        base = train_baseline(index, split, size, args)
     print("throughput ...", flush=True)
     return report(zoo_run, base, throughput(index, split, size, cache, args), args.target)
 
