@@ -296,8 +296,11 @@ def throughput(index: DatasetIndex, split: Split, size: int, cache: Path,
     synthetic = synthetic.contiguous(memory_format=torch.channels_last) if cl else synthetic
     labels = torch.as_tensor(rng.integers(0, len(split.classes), bs))
 
+    # train.precision since the engine issue; older zoo versions (--no-baseline comparisons) have train.bf16
+    bf16 = getattr(recipe.train, "precision", None) == "bf16" or getattr(recipe.train, "bf16", False)
+
     def step(batch: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(batch).float(), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
