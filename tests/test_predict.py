@@ -42,7 +42,7 @@ def test_csv_lists_every_readable_photo_with_top_k(photos):
     res = invoke(["predict", "tiny", str(folder), str(loose), "--format", "csv"])
     assert res.exit_code == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "path,top1,prob1,top2,prob2,top3,prob3"
+    assert lines[0] == "path,top1,prob1,top2,prob2,top3,prob3,status,confidence,ood_score,candidates"
     rows = list(csv.reader(io.StringIO(res.stdout)))[1:]
     want = [folder / "trip" / "a.png", folder / "trip" / "day2" / "b.png", loose]
     assert [r[0] for r in rows] == [str(p) for p in want]

@@ -108,3 +108,41 @@ def test_api_docs_render_with_local_assets_only(page: Any, base_url: str) -> Non
     sync_api.expect(page.locator(".opblock-summary-path").first).to_be_visible()
     assert "/api/predict" in page.locator(".swagger-ui").inner_text()
     assert requested and all(url.startswith((base_url, "data:")) for url in requested), requested
+
+
+class TrustingPredictor(FakePredictor):
+    """The fake model with trust thresholds: grey photos are 'unknown' (OOD score 2 > 1)."""
+
+    name = "fake-trust-1"
+
+    def predict_rows(self, images: list[Image.Image]) -> np.ndarray:
+        probs = self.predict_proba(images)
+        spread = np.array([np.ptp(np.asarray(img).reshape(-1, 3).mean(0)) for img in images])
+        return np.hstack([probs, np.where(spread < 5, 2.0, 0.0)[:, None]])
+
+    def judge(self, probs: np.ndarray, ood: np.ndarray | None) -> list[dict]:
+        from zoo.evaluate.trust import Trust
+
+        return Trust(0.95, 0.6, ood_threshold=1.0, ood_method="knn").judge(probs, ood, self.classes)
+
+
+def test_page_states_status_candidates_and_known_minerals(page: Any) -> None:
+    with run_in_thread(create_app(TrustingPredictor())) as url:
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#known")).to_contain_text("This model knows 3 minerals: biotite")
+        red = {"name": "red.png", "mimeType": "image/png",
+               "buffer": png(np.full((32, 32, 3), (250, 5, 5), np.uint8))}
+        page.locator("#file-input").set_input_files(red)
+        sync_api.expect(page.locator("#verdict")).to_have_text("This is biotite (95.4% sure).")
+        orange = {"name": "orange.png", "mimeType": "image/png",
+                  "buffer": png(np.full((32, 32, 3), (200, 120, 20), np.uint8))}
+        page.locator("#file-input").set_input_files(orange)
+        sync_api.expect(page.locator("#verdict")).to_contain_text("Not sure: it could be biotite, pyrite or quartz")
+        grey = {"name": "grey.png", "mimeType": "image/png",
+                "buffer": png(np.full((32, 32, 3), 128, np.uint8))}
+        page.locator("#file-input").set_input_files(grey)
+        sync_api.expect(page.locator("#verdict")).to_contain_text("does not look like any of the minerals")
+        sync_api.expect(page.locator("#results .prediction")).to_have_count(3)
+        sync_api.expect(page.locator("#low-confidence")).to_be_hidden()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve-unknown.png"), full_page=True)

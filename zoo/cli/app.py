@@ -32,6 +32,10 @@ DataOpt = typer.Option(None, "--data", help="Dataset folder (<class>/<image>); d
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output; print only the result.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps "
                          "(auto: a GPU when there is one).")
+TargetPrecisionOpt = typer.Option(
+    None, "--target-precision", min=0.5, max=1.0,
+    help="Precision that 'confident' answers must reach on validation; the confidence threshold "
+         "is fitted for it (default: the recipe's trust.target_precision, 0.95).")
 TtaOpt = typer.Option(False, "--tta", help="Test-time augmentation: average 5 views "
                       "(identity, flips, 90° turn, wide crop).")
 

@@ -28,14 +28,18 @@ def ensemble(
     top: Optional[int] = typer.Option(None, "--top", min=2, help="Use the best K models on validation."),
     method: str = typer.Option("soft", "--method", help=" | ".join(NAMES)),
     name: Optional[str] = typer.Option(None, "--name", help="Ensemble name (default ensemble-<method>-<n>)."),
+    target_precision: float = typer.Option(
+        0.95, "--target-precision", min=0.5, max=1.0,
+        help="Precision that 'confident' answers must reach on validation (out-of-fold for stack)."),
 ) -> None:
+    from zoo.evaluate.trust import trust_summary
     from zoo.paths import runs_home
     from zoo.store.runs import read_meta
     from zoo.train.ensemble import build_ensemble, select_members
 
     oof = ", out-of-fold" if method_class(method).out_of_fold else ""
     home = runs_home()
-    path = build_ensemble(select_members(members, top, home), method, name, home)
+    path = build_ensemble(select_members(members, top, home), method, name, home, target_precision)
     meta = read_meta(path)
     test = meta["metrics"]["test"]
     done = plain(f"{meta['name']}: {meta['description']}")
@@ -43,4 +47,5 @@ def ensemble(
     out.print(f"  test_acc {test['accuracy']:.4f}  macro_f1 {test['macro_f1']:.4f}  "
               f"nll {test['nll']:.4f}  ece {test['ece']:.4f}  (val_acc "
               f"{meta['metrics']['val']['accuracy']:.4f}{oof})")
+    out.print(plain("  " + trust_summary(meta)), highlight=False)
     out.print(plain(f"  saved to {path}"), highlight=False)

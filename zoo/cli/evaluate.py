@@ -22,7 +22,10 @@ def evaluate(
     quiet: bool = QuietOpt,
 ) -> None:
     """Score a run or ensemble: accuracy, balanced accuracy, macro-F1, NLL, ECE before/after
-    calibration, per-class precision/recall, confusion matrix and worst errors (plots/).
+    calibration, per-class precision/recall, confusion matrix and worst errors (plots/), and
+    selective prediction: the risk-coverage curve (plots/) and its area, coverage and precision
+    at the run's stored confidence threshold, the statuses; photos in folders of classes the
+    model does not know are judged too (unknown / unsure / confident, OOD AUROC).
 
     Without --data the run's own test split is scored (stored predictions; the photos again with
     --tta). External folders and TTA results are stored in runs/<run>/evaluations/ and ranked:
@@ -89,3 +92,43 @@ def _print_evaluation(ev) -> None:
     if ev.seen_in_training:
         out.print(f"[yellow]warning:[/] {ev.seen_in_training} photo(s) here are identical to "
                   "training or validation photos of this run: the score is optimistic.")
+    _print_trust(ev)
+
+
+def _print_trust(ev) -> None:
+    """Selective prediction at the stored threshold, the risk-coverage curve, and the photos of
+    unknown classes (zoo.evaluate.trust)."""
+    from zoo.evaluate.trust import NO_TRUST_NOTE, risk_coverage
+
+    sel = ev.metrics["selective"]
+    table = Table(title="selective prediction (thresholds fitted on validation)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table.add_row("area under the risk-coverage curve", fmt(sel["aurc"]))
+    if "statuses" not in sel:
+        out.print(table)
+        out.print(plain(f"note: {NO_TRUST_NOTE}."), style="yellow", highlight=False)
+        return
+    table.add_row("confidence threshold", "none (never confident)" if sel["threshold"] is None
+                  else f"{sel['threshold']:.4f}")
+    table.add_row("coverage at the threshold", fmt(sel["coverage"]))
+    table.add_row("precision at the threshold", fmt(sel["precision"]))
+    table.add_row("statuses", ", ".join(f"{s} {n}" for s, n in sel["statuses"].items()))
+    table.add_row("share 'confident'", fmt(sel["confident_coverage"]))
+    table.add_row("precision of 'confident'", fmt(sel["confident_precision"]))
+    out.print(table)
+    probs = ev.probs
+    curve = risk_coverage(probs.max(1), probs.argmax(1) == ev.labels)
+    points = [c for c in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0) if c * len(probs) >= 1]
+    risks = [curve["risk"][max(0, int(round(c * len(probs))) - 1)] for c in points]
+    out.print(plain("risk-coverage (most confident first): " + ", ".join(
+        f"coverage {c:.0%} risk {r:.3f}" for c, r in zip(points, risks))), highlight=False)
+    if ev.open_set:
+        o = ev.open_set
+        line = (f"photos of classes this model does not know ({', '.join(o['folders'])}): "
+                f"{o['photos']}; " + ", ".join(f"{s} {n}" for s, n in o["statuses"].items())
+                + f"; top probability >= 0.9: {o['top_probability_over_0_9']}")
+        if "auroc" in o:
+            line += f"; OOD AUROC {o['auroc']:.3f}, FPR at 95% TPR {o['fpr_at_95_tpr']:.3f}"
+        out.print(plain(line), highlight=False)

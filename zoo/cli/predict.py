@@ -25,7 +25,9 @@ def predict(
     tta: bool = TtaOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Identify the minerals in photos: the top classes with their probabilities.
+    """Identify the minerals in photos: the top classes with their probabilities, and how far to
+    trust the answer: status confident, unsure (two or three candidates) or unknown (not like
+    any mineral the model knows), confidence and OOD score (csv and json too).
 
     Unreadable files are listed with the reason (on stderr for csv and json) and the others are
     still predicted; the exit code is non-zero only when no photo could be read.
@@ -53,30 +55,76 @@ def predict(
                        "was predicted (reasons above).")
     tops = top_k(result.probs, predictor.classes, k)
     k = len(tops[0])
+    verdicts = _verdicts(predictor, result, format)
     if format == "table":
-        _print_prediction_table(predictor.name, result.files, tops, k)
+        _print_prediction_table(predictor.name, result.files, tops, k, verdicts, predictor.classes)
     else:
-        print(_prediction_text(result.files, tops, k, format), end="")
+        print(_prediction_text(result.files, tops, k, format, verdicts), end="")
 
 
-def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:
+def _verdicts(predictor, result, format: str) -> list[dict]:
+    """Each photo's status, confidence, OOD score and candidates (zoo.evaluate.trust); a run
+    trained before trust thresholds existed gets its confidence only, and a note saying so."""
+    from zoo.evaluate.trust import NO_TRUST_NOTE, message
+
+    judged = predictor.judge(result.probs, result.ood)
+    if judged is None:
+        (out if format == "table" else err).print(plain(f"note: {NO_TRUST_NOTE}."), style="yellow")
+        return [{"confidence": float(row.max())} for row in result.probs]
+    return [{**v, "message": message(v, predictor.classes)} for v in judged]
+
+
+def _print_prediction_table(name: str, files: list[Path], tops: list, k: int,
+                            verdicts: list[dict], classes: list[str]) -> None:
     table = Table(title=plain(f"{name}: {len(files)} photo(s)"), title_justify="left")
     table.add_column("photo", overflow="fold")
+    judged = "status" in verdicts[0]
+    if judged:
+        table.add_column("status")
     for i in range(1, k + 1):
         table.add_column(f"#{i}")
-    for path, top in zip(files, tops):
-        table.add_row(plain(path), *(plain(f"{c} {p:.3f}") for c, p in top))
+    styles = {"confident": "green", "unsure": "yellow", "unknown": "red"}
+    for path, top, v in zip(files, tops, verdicts):
+        cells = [plain(v["status"], styles[v["status"]])] if judged else []
+        table.add_row(plain(path), *cells, *(plain(f"{c} {p:.3f}") for c, p in top))
     out.print(table)
+    if judged:
+        out.print(plain(_status_legend(verdicts, classes)), style="dim", highlight=False)
 
 
-def _prediction_text(files: list[Path], tops: list, k: int, fmt: str) -> str:
+def _status_legend(verdicts: list[dict], classes: list[str]) -> str:
+    """What the statuses mean, for those that occur."""
+    seen = {v["status"] for v in verdicts}
+    words = {"confident": "confident: as sure as the run's target precision allows",
+             "unsure": "unsure: one of the top two or three, the model cannot tell which",
+             "unknown": f"unknown: does not look like any of the {len(classes)} minerals this "
+                        f"model knows ({', '.join(classes)})"}
+    return "; ".join(words[s] for s in ("confident", "unsure", "unknown") if s in seen) + "."
+
+
+TRUST_KEYS = ("status", "confidence", "ood_score", "candidates")
+
+
+def _prediction_text(files: list[Path], tops: list, k: int, fmt: str, verdicts: list[dict]) -> str:
+    keys = [key for key in TRUST_KEYS if key in verdicts[0]]
     if fmt == "json":
-        return json.dumps([{"path": str(f), "predictions": [{"class": c, "probability": p}
-                                                            for c, p in top]}
-                           for f, top in zip(files, tops)], indent=2) + "\n"
+        return json.dumps([{"path": str(f), **{key: v[key] for key in keys},
+                            "predictions": [{"class": c, "probability": p} for c, p in top]}
+                           for f, top, v in zip(files, tops, verdicts)], indent=2) + "\n"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")])
-    for path, top in zip(files, tops):
-        writer.writerow([printable(path)] + [v for c, p in top for v in (printable(c), f"{p:.6f}")])
+    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")] + keys)
+    for path, top, verdict in zip(files, tops, verdicts):
+        writer.writerow([printable(path)] + [v for c, p in top for v in (printable(c), f"{p:.6f}")]
+                        + [_cell(verdict[key]) for key in keys])
     return buf.getvalue()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if isinstance(value, list):
+        return ";".join(printable(c) for c in value)
+    return printable(value)

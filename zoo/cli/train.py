@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from zoo.cli.app import DataOpt, QuietOpt, app
+from zoo.cli.app import DataOpt, QuietOpt, TargetPrecisionOpt, app
 from zoo.console import out, plain, reporting
 from zoo.errors import ZooError
 
@@ -24,6 +24,7 @@ def train(
                                          "(default: the recipe's train.device, auto)."),
     devices: int = typer.Option(1, "--devices", min=1, help="Train data-parallel on N processes of "
                                 "this machine (one per GPU, or N CPU processes), started with torchrun."),
+    target_precision: Optional[float] = TargetPrecisionOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Train a model from a recipe and rank it on the leaderboard.
@@ -42,8 +43,11 @@ def train(
     from zoo.train.run import TrainOptions
     from zoo.train.run import train as run_training
 
-    if resume and set_:
-        raise ZooError("--resume continues a run with its own saved recipe; drop --set.")
+    if resume and (set_ or target_precision is not None):
+        raise ZooError("--resume continues a run with its own saved recipe; drop --set and "
+                       "--target-precision.")
+    if target_precision is not None:
+        set_ = [*set_, f"trust.target_precision={target_precision}"]
     for run_name in (name, resume):
         if run_name:
             check_run_name(run_name)
@@ -78,6 +82,9 @@ def print_run_summary(path: Path, quiet: bool) -> None:
             f"fit {meta.get('fit_seconds', 0):.0f}s")
     if meta.get("skipped_files"):
         line += f"  ({meta['skipped_files']} file(s) skipped: `zoo data check` lists them)"
+    from zoo.evaluate.trust import trust_summary
+
+    line += "\n  " + trust_summary(meta)
     if not quiet:
         line = f"{line}\n  saved to {path}"
     out.print(plain(line) if quiet else Text.assemble(("done", "bold green"), " ", plain(line)))

@@ -28,6 +28,7 @@ from zoo.errors import UnreadableImageError, ZooError
 from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.evaluate.trust import STATUSES, Trust, auroc, fpr_at_tpr, selective_summary
 from zoo.fileio import write_json
 from zoo.models.runtime import Runtime
 from zoo.store.leaderboard import record_evaluation
@@ -48,6 +49,7 @@ class FilePredictions:
     probs: np.ndarray          # calibrated (N, C)
     sha256: list[str]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    ood: np.ndarray | None = None  # OOD scores (N,); None without an unknown-mineral check
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Evaluation:
     unknown: dict[str, int] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     seen_in_training: int = 0
+    ood: np.ndarray | None = None      # OOD scores of the photos (None without a check)
+    open_set: dict | None = None       # photos of the folder's unknown classes: how they were judged
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -91,7 +95,7 @@ class Evaluation:
                 "classes": self.classes, "metrics": self.metrics, "val_metrics": self.val_metrics,
                 "missing": self.missing, "unknown": self.unknown,
                 "unreadable": [list(u) for u in self.unreadable],
-                "seen_in_training": self.seen_in_training}
+                "seen_in_training": self.seen_in_training, "open_set": self.open_set}
 
 
 def safe_stem(name: str) -> str:
@@ -113,7 +117,7 @@ def _decode(path: Path, side: int) -> tuple[np.ndarray, str] | str:
 def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = False,
                   progress: Progress | None = None) -> FilePredictions:
     """Decode and predict photos a chunk at a time; unreadable files are listed, never fatal."""
-    ok, shas, raw, bad = [], [], [], []
+    ok, shas, raw, ood, bad = [], [], [], [], []
     with ThreadPoolExecutor(2) as pool:
         for start in range(0, len(files), CHUNK):
             chunk = files[start:start + CHUNK]
@@ -125,20 +129,26 @@ def predict_files(predictor: ModelPredictor, files: list[Path], tta: bool = Fals
                     ok.append(path)
                     arrays.append(res[0])
                     shas.append(res[1])
-            raw.append(predictor.raw_proba(arrays, tta))
+            probs, scores = predictor.raw_outputs(arrays, tta)
+            raw.append(probs)
+            ood.append(scores)
             if progress:
                 progress(min(start + CHUNK, len(files)), len(files))
     raw_all = np.concatenate(raw) if raw else np.zeros((0, len(predictor.classes)), np.float32)
-    return FilePredictions(ok, raw_all, predictor.scaler.transform(raw_all), shas, bad)
+    ood_all = np.concatenate(ood) if ood and ood[0] is not None else None
+    return FilePredictions(ok, raw_all, predictor.scaler.transform(raw_all), shas, bad, ood_all)
 
 
 # ---- evaluation -----------------------------------------------------------------------------
-def _scores(labels: np.ndarray, probs: np.ndarray, raw: np.ndarray | None, classes: list[str]) -> dict:
+def _scores(labels: np.ndarray, probs: np.ndarray, raw: np.ndarray | None, classes: list[str],
+            trust: Trust | None = None, ood: np.ndarray | None = None) -> dict:
     with warnings.catch_warnings():  # a class missing from an external folder is reported by us
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         metrics = classification_metrics(labels, probs, classes)
     metrics["ece_uncalibrated"] = (float(expected_calibration_error(labels, raw))
                                    if raw is not None else None)
+    # at the stored thresholds (fitted on validation at training time)
+    metrics["selective"] = selective_summary(trust, probs, labels, ood, classes)
     return metrics
 
 
@@ -154,10 +164,11 @@ def _from_stored(path: Path, meta: dict, home: Path | None) -> Evaluation:
     pred = load_predictions(path, "test")
     raw = pred.get("probs_uncalibrated")
     root = _data_root(meta, home)
+    trust, ood = Trust.from_meta(meta.get("trust")), pred.get("ood")
     return Evaluation(meta["name"], None, False, f"stored test predictions ({path / 'predictions'})",
                       root if root and root.is_dir() else None, meta["classes"],
                       pred["ids"].tolist(), pred["labels"], pred["probs"], raw,
-                      _scores(pred["labels"], pred["probs"], raw, meta["classes"]))
+                      _scores(pred["labels"], pred["probs"], raw, meta["classes"], trust, ood), ood=ood)
 
 
 def _rescore_split(predictor: ModelPredictor, root: Path, split: str, tta: bool,
@@ -190,7 +201,8 @@ def _own_split(predictor: ModelPredictor, tta: bool, home: Path | None,
         test_probs = scaler.transform(test.raw)
         val_metrics = _scores(val_labels, scaler.transform(val.raw), val.raw, classes)
     ev = Evaluation(predictor.name, None, tta, f"{root} (test split)", root, classes, ids,
-                    labels, test_probs, test.raw, _scores(labels, test_probs, test.raw, classes))
+                    labels, test_probs, test.raw,
+                    _scores(labels, test_probs, test.raw, classes, predictor.trust, test.ood), ood=test.ood)
     ev.val_metrics = val_metrics
     return ev
 
@@ -242,10 +254,33 @@ def _external(predictor: ModelPredictor, folder: Path, tta: bool, home: Path | N
     return Evaluation(
         predictor.name, folder.name, tta, str(folder), folder, classes,
         [f.relative_to(folder).as_posix() for f in result.files], y, result.probs, result.raw,
-        _scores(y, result.probs, result.raw, classes),
+        _scores(y, result.probs, result.raw, classes, predictor.trust, result.ood),
         missing=[c for i, c in enumerate(classes) if i not in set(y.tolist())], unknown=unknown,
         unreadable=[(f.relative_to(folder).as_posix(), r) for f, r in result.unreadable],
-        seen_in_training=sum(s in seen for s in result.sha256))
+        seen_in_training=sum(s in seen for s in result.sha256), ood=result.ood,
+        open_set=_open_set(predictor, folder, unknown, result, tta, progress))
+
+
+def _open_set(predictor: ModelPredictor, folder: Path, unknown: dict[str, int],
+              known: FilePredictions, tta: bool, progress: Progress | None) -> dict | None:
+    """The photos of the folder's class folders that the model does not know: how many were
+    called unknown, unsure or confident, and how well the OOD score tells them from the known
+    classes' photos (AUROC)."""
+    if not unknown or predictor.trust is None:
+        return None
+    files = visible_files(*(folder / name for name in unknown))
+    result = predict_files(predictor, files, tta, progress)
+    if not result.files:
+        return None
+    verdicts = predictor.judge(result.probs, result.ood)
+    statuses = [v["status"] for v in verdicts]
+    out = {"folders": sorted(unknown), "photos": len(result.files),
+           "statuses": {s: statuses.count(s) for s in STATUSES},
+           "top_probability_over_0_9": int((result.probs.max(1) >= 0.9).sum())}
+    if result.ood is not None and known.ood is not None and len(known.ood):
+        out["auroc"] = auroc(known.ood, result.ood)
+        out["fpr_at_95_tpr"] = fpr_at_tpr(known.ood, result.ood, 0.95)
+    return out
 
 
 def evaluate(run: str, data: str | Path | None = None, tta: bool = False,
@@ -281,6 +316,8 @@ def save_evaluation(ev: Evaluation, home: Path | None = None) -> Path:
     folder = path / "evaluations"
     write_json(folder / f"{ev.stem}.json", ev.to_dict())
     extra = {"probs_uncalibrated": np.asarray(ev.raw, np.float32)} if ev.raw is not None else {}
+    if ev.ood is not None:
+        extra["ood"] = np.asarray(ev.ood, np.float32)
     write_probabilities(folder / f"{ev.stem}.npz", ev.ids, ev.labels, ev.probs, **extra)
     record_evaluation(read_meta(path), ev.to_dict(), path.parent)
     return folder / f"{ev.stem}.json"

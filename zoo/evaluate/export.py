@@ -28,6 +28,7 @@ from zoo.data.transforms import eval_array
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.evaluate.calibration import PROB_FLOOR
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
+from zoo.evaluate.trust import export_trust
 from zoo.fileio import atomic_path
 from zoo.models.runtime import Runtime
 from zoo.store.runs import load_predictions, read_meta, run_dir
@@ -80,6 +81,7 @@ def export_info(predictor: ModelPredictor, fmt: str) -> dict:
                       "float32 in [0, 1], NCHW (mean/std are applied inside the graph)"]},
         "output": {"name": "probabilities", "calibrated": True,
                    "temperature": predictor.scaler.temperature},
+        "trust": export_trust(meta),  # thresholds for the output (zoo.evaluate.trust)
         "split_id": meta.get("split_id"),
         "test_accuracy": meta.get("metrics", {}).get("test", {}).get("accuracy"),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -137,6 +139,7 @@ def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path, info: dict) -> 
     onnx.helper.set_model_props(model, {
         "classes": json.dumps(info["classes"]),
         "preprocessing": json.dumps({"input": info["input"], **info["preprocessing"]}),
+        "trust": json.dumps(info["trust"]),
         "zoo": json.dumps(info)})
     model.doc_string = (f"mineral-zoo run {info['run']} ({info['model']}): float32 RGB [0, 1] NCHW "
                         f"{info['input']['height']}x{info['input']['width']} -> calibrated "

@@ -17,8 +17,9 @@ from zoo.data.preprocessing import Preprocessing
 from zoo.data.tta import TTA_VIEWS, tta_views
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
+from zoo.evaluate.trust import OodScorer, Trust, combine_member_scores
 from zoo.models.factory import build_model
-from zoo.models.inference import predict_logits, view_logits
+from zoo.models.inference import predict_logits, predict_outputs, view_logits, view_outputs
 from zoo.models.runtime import Runtime
 from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.runs import load_weights, read_meta, run_dir
@@ -49,6 +50,9 @@ class ModelPredictor:
                            f"{str(exc)[:300]}") from exc
         self.model.to(runtime.device).eval()
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
+        self.trust = Trust.from_meta(self.meta.get("trust"))
+        ood = (self.meta.get("trust") or {}).get("ood")
+        self.ood = OodScorer.load(path, ood) if ood else None
 
     @property
     def decode_side(self) -> int:
@@ -72,6 +76,48 @@ class ModelPredictor:
         probs = torch.softmax(view_logits(self.model, views, self.pre, self.runtime), 1).numpy()
         return probs.reshape(len(arrays), len(TTA_VIEWS), -1).mean(1)
 
+    def raw_outputs(self, arrays: list[np.ndarray], tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Uncalibrated probabilities (N, C) and OOD scores (N,) of decoded photos; the scores
+        are None when the run has no unknown-mineral check. With ``tta`` the probabilities are
+        averaged over the views and the OOD score is that of the plain (identity) view, the view
+        its threshold was fitted on."""
+        if self.ood is None:
+            return self.raw_proba(arrays, tta), None
+        if not arrays:
+            return np.zeros((0, len(self.classes)), dtype=np.float32), np.zeros(0, np.float32)
+        if not tta:
+            logits, feats = predict_outputs(self.model, arrays, self.pre, runtime=self.runtime)
+            return torch.softmax(logits, 1).numpy(), self.ood.score(logits.numpy(), feats.numpy())
+        parts = [self._tta_outputs(arrays[i:i + TTA_CHUNK]) for i in range(0, len(arrays), TTA_CHUNK)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([o for _, o in parts])
+
+    @torch.inference_mode()
+    def _tta_outputs(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        self.model.eval()
+        views = [v for a in arrays for v in tta_views(a, self.pre)]
+        logits, feats = view_outputs(self.model, views, self.pre, self.runtime)
+        n, v = len(arrays), len(TTA_VIEWS)
+        probs = torch.softmax(logits, 1).numpy().reshape(n, v, -1).mean(1)
+        plain = slice(0, n * v, v)  # TTA_VIEWS[0] is the identity view
+        return probs, self.ood.score(logits[plain].numpy(), feats[plain].numpy())
+
+    def outputs(self, arrays: list[np.ndarray], tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and OOD scores (None without an unknown-mineral check)."""
+        raw, ood = self.raw_outputs(arrays, tta)
+        return self.scaler.transform(raw), ood
+
+    def judge(self, probs: np.ndarray, ood: np.ndarray | None) -> list[dict] | None:
+        """Status, confidence, OOD score and candidates per photo; None for a run trained before
+        trust thresholds existed."""
+        return self.trust.judge(probs, ood, self.classes) if self.trust is not None else None
+
+    def predict_rows(self, images: list[Image.Image]) -> np.ndarray:
+        """One row per photo: the calibrated probabilities, then the OOD score (NaN without an
+        unknown-mineral check); `zoo serve` batches photos through this."""
+        probs, ood = self.outputs([np.asarray(img.convert("RGB")) for img in images])
+        col = np.full(len(probs), np.nan, np.float32) if ood is None else ood
+        return np.hstack([probs, np.asarray(col, np.float32)[:, None]])
+
     def predict_arrays(self, arrays: list[np.ndarray], calibrated: bool = True,
                        tta: bool = False) -> np.ndarray:
         probs = self.raw_proba(arrays, tta)
@@ -86,7 +132,19 @@ class ModelPredictor:
         return {"name": self.name, "kind": self.kind, "model": self.meta["model"],
                 "classes": self.classes, "metrics": {
                     "test_accuracy": test.get("accuracy"), "val_accuracy": val.get("accuracy"),
-                    "macro_f1": test.get("macro_f1"), "nll": test.get("nll"), "ece": test.get("ece")}}
+                    "macro_f1": test.get("macro_f1"), "nll": test.get("nll"), "ece": test.get("ece")},
+                "trust": self.trust_info()}
+
+    def trust_info(self) -> dict | None:
+        """The fitted thresholds, for people and programs (`GET /api/model`)."""
+        trust = self.meta.get("trust")
+        if not trust:
+            return None
+        ood = trust.get("ood") or {}
+        return {"target_precision": trust["target_precision"],
+                "confidence_threshold": trust.get("confidence_threshold"),
+                "ood_method": ood.get("method"), "ood_threshold": ood.get("threshold"),
+                "known_tpr": ood.get("known_tpr")}
 
 
 class EnsemblePredictor(ModelPredictor):
@@ -107,6 +165,13 @@ class EnsemblePredictor(ModelPredictor):
         self.members = [load_predictor(m, path.parent, runtime) for m in self.meta["members"]]
         self.method = load_method(self.meta["ensemble"])
         self.scaler = TemperatureScaler.from_dict(self.meta.get("calibration", {"temperature": 1.0}))
+        self.trust = Trust.from_meta(self.meta.get("trust"))
+        ood = (self.meta.get("trust") or {}).get("ood")
+        by_run = {n["run"]: n for n in (ood or {}).get("members", [])}
+        usable = set(by_run) == set(self.meta["members"]) and all(m.ood is not None for m in self.members)
+        # each member's scale, in member order (None: no unknown-mineral check)
+        self.norms = [by_run[m] for m in self.meta["members"]] if usable else None
+        self.ood = None
 
     @property
     def decode_side(self) -> int:
@@ -117,6 +182,17 @@ class EnsemblePredictor(ModelPredictor):
         if not arrays:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.method.predict_proba([m.predict_arrays(arrays, tta=tta) for m in self.members])
+
+    def raw_outputs(self, arrays: list[np.ndarray], tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """The combined probabilities and the members' OOD scores combined
+        (``zoo.evaluate.trust.combine_member_scores``)."""
+        if self.norms is None:
+            return self.raw_proba(arrays, tta), None
+        if not arrays:
+            return np.zeros((0, len(self.classes)), dtype=np.float32), np.zeros(0, np.float32)
+        outs = [m.outputs(arrays, tta) for m in self.members]
+        probs = self.method.predict_proba([p for p, _ in outs])
+        return probs, combine_member_scores([o for _, o in outs], self.norms)
 
 
 def check_member(ensemble: Path, member: str, meta: dict) -> None:

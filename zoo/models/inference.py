@@ -28,6 +28,32 @@ def view_logits(model: nn.Module, views: list[np.ndarray], pre: Preprocessing, r
         return model(runtime.move(to_tensor(views, pre, channels_last))).float().cpu()
 
 
+def view_outputs(model: nn.Module, views: list[np.ndarray], pre: Preprocessing, runtime: Runtime = CPU,
+                 channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features (both on the CPU) of views already cropped to the model's input
+    size, from one pass: the logits are those of ``model(x)`` (timm's forward = forward_head of
+    forward_features), the features the classifier's input."""
+    with runtime.autocast():
+        fmap = model.forward_features(runtime.move(to_tensor(views, pre, channels_last)))
+        logits = model.forward_head(fmap)
+        feats = model.forward_head(fmap, pre_logits=True)
+    return logits.float().cpu(), feats.float().flatten(1).cpu()
+
+
+@torch.inference_mode()
+def predict_outputs(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
+                    batch_size: int = 32, channels_last: bool = True,
+                    runtime: Runtime = CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and pooled features (N, D) of decoded photos, with the eval transform."""
+    model.eval()
+    out = [view_outputs(model, [eval_array(a, pre) for a in arrays[start:start + batch_size]], pre,
+                        runtime, channels_last)
+           for start in range(0, len(arrays), batch_size)]
+    if not out:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessing,
                    batch_size: int = 32, channels_last: bool = True,

@@ -9,7 +9,7 @@ from PIL import Image
 from zoo.data.imaging import load_image
 from zoo.errors import UnreadableImageError
 from zoo.evaluate.evaluation import Evaluation, top_losses
-from zoo.report.plots import plot_confusion_matrix, plot_top_losses
+from zoo.report.plots import plot_confusion_matrix, plot_risk_coverage, plot_top_losses
 from zoo.store.runs import run_dir
 
 THUMBNAIL = 192
@@ -29,6 +29,10 @@ def write_plots(ev: Evaluation, home: Path | None = None) -> list[Path]:
     if ev.stored:
         written.append(plot_confusion_matrix(np.array(ev.metrics["confusion"]), ev.classes,
                                              plots / f"confusion_matrix{suffix}.png"))
+    where = "test split" if ev.on is None else ev.on
+    written.append(plot_risk_coverage(ev.labels, ev.probs, ev.metrics["selective"]["threshold"],
+                                      plots / f"risk_coverage{suffix}.png",
+                                      f"{ev.name} on {where}"))
     if ev.root is not None:
         images, titles = [], []
         for i in top_losses(ev):

@@ -17,7 +17,12 @@ from zoo.store.runs import CONFIG_MAX_BYTES, read_meta, run_dir
 METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
            ("macro_f1", "macro-F1"), ("nll", "NLL"), ("ece", "ECE (calibrated)"),
            ("ece_uncalibrated", "ECE (before calibration)"), ("n", "photos")]
-PLOT_ORDER = ["learning_curves", "confusion_matrix", "reliability", "top_losses"]
+PLOT_ORDER = ["learning_curves", "confusion_matrix", "reliability", "risk_coverage", "top_losses"]
+SELECTIVE = [("aurc", "area under the risk-coverage curve"), ("threshold", "confidence threshold"),
+             ("coverage", "coverage at the threshold"), ("precision", "precision at the threshold"),
+             ("confident_coverage", "share 'confident'"),
+             ("confident_precision", "precision of 'confident'"), ("unsure", "'unsure'"),
+             ("unknown", "'unknown'"), ("n", "photos")]
 PLOT_MAX_BYTES = 16 * 2**20
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -67,6 +72,54 @@ def _metrics_section(meta: dict, evaluations: list[dict]) -> str:
                      f"{': ' + escape(detail) if detail else ''}</li>")
     listed = f"<p class='muted'>Evaluations:</p><ul>{''.join(notes)}</ul>" if notes else ""
     return "<h2>Metrics</h2>" + _table(["metric", *columns], rows) + listed
+
+
+def _selective_value(sel: dict, key: str) -> object:
+    if key in ("unsure", "unknown"):
+        return (sel.get("statuses") or {}).get(key)
+    return sel.get(key)
+
+
+def _trust_section(meta: dict, evaluations: list[dict]) -> str:
+    """Selective prediction and the unknown-mineral check: the thresholds (fitted on
+    validation) and what they do on each set of photos."""
+    trust = meta.get("trust")
+    if not trust:
+        return ("<h2>Trust</h2><p class='muted'>No trust thresholds: this run was trained before "
+                "they existed; retrain it to get statuses (confident / unsure / unknown).</p>")
+    threshold = trust.get("confidence_threshold")
+    lines = [f"A prediction is <b>confident</b> when its calibrated top probability is at least "
+             f"{_fmt(threshold)} (the lowest threshold whose precision on "
+             f"{escape(trust.get('fitted_on') or 'validation')} reaches "
+             f"{trust['target_precision']:.2f}), <b>unsure</b> below it."
+             if threshold is not None else
+             f"No threshold reaches precision {trust['target_precision']:.2f} on validation: "
+             "every answer is <b>unsure</b>."]
+    ood = trust.get("ood")
+    if ood:
+        lines.append(f"A photo is <b>unknown</b> when its OOD score ({escape(ood['method'])}) is "
+                     f"above {ood['threshold']:.4g}, which {ood['known_tpr']:.0%} of the known "
+                     "classes' validation photos stay below.")
+    columns = {"validation": meta.get("metrics", {}).get("val", {}).get("selective"),
+               "test": meta.get("metrics", {}).get("test", {}).get("selective")}
+    for ev in sorted(evaluations, key=lambda e: (e["on"] is not None, e["on"] or "", e["tta"])):
+        where = "test" if ev["on"] is None else ev["on"]
+        columns[f"{where}{' + TTA' if ev['tta'] else ''}"] = ev["metrics"].get("selective")
+    columns = {k: v for k, v in columns.items() if v}
+    table = _table(["", *columns], [[label] + [_selective_value(c, key) for c in columns.values()]
+                                    for key, label in SELECTIVE]) if columns else ""
+    open_rows = []
+    for ev in evaluations:
+        o = ev.get("open_set")
+        if o:
+            st = o.get("statuses", {})
+            open_rows.append([f"{ev['on']} ({', '.join(o['folders'])})", o["photos"],
+                              st.get("unknown"), st.get("unsure"), st.get("confident"),
+                              o.get("top_probability_over_0_9"), o.get("auroc")])
+    open_html = ("<p class='muted'>Photos of classes the model does not know:</p>" + _table(
+        ["folder", "photos", "unknown", "unsure", "confident", "top p >= 0.9", "OOD AUROC"],
+        open_rows)) if open_rows else ""
+    return ("<h2>Trust</h2>" + "".join(f"<p>{line}</p>" for line in lines) + table + open_html)
 
 
 def _per_class_section(metrics: dict) -> str:
@@ -131,6 +184,7 @@ def render_report(path: Path) -> str:
             f"<title>{escape(meta['name'])} – mineral-zoo report</title><style>{STYLE}</style></head>"
             f"<body><h1>{escape(meta['name'])}</h1><p class='muted'>mineral-zoo run report</p>"
             f"{_summary(meta)}{_metrics_section(meta, stored_evaluations(path))}"
+            f"{_trust_section(meta, stored_evaluations(path))}"
             f"{_per_class_section(meta.get('metrics', {}).get('test', {}))}{_plots_section(path)}"
             f"{config_html}{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}</body></html>\n")
 

@@ -152,6 +152,33 @@ def plot_reliability(y: np.ndarray, probs: np.ndarray, path: str | Path, n_bins:
     return _save(fig, path)
 
 
+def plot_risk_coverage(y: np.ndarray, probs: np.ndarray, threshold: float | None, path: str | Path,
+                       title: str = "") -> Path:
+    """Risk (error rate of the answers) against coverage (share of photos answered, most confident
+    first), with the area under it and the point of the stored confidence threshold."""
+    from zoo.evaluate.trust import risk_coverage, selective_stats
+
+    p = np.asarray(probs)
+    confidence = p.max(axis=1)
+    correct = p.argmax(axis=1) == np.asarray(y)
+    curve = risk_coverage(confidence, correct)
+    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
+    ax.plot(curve["coverage"], curve["risk"], color="tab:blue",
+            label=f"risk-coverage (AURC = {curve['aurc']:.3f})" if curve["aurc"] is not None else None)
+    at = selective_stats(confidence, correct, threshold)
+    if threshold is not None and at["precision"] is not None:
+        ax.plot([at["coverage"]], [1 - at["precision"]], "o", color="tab:red",
+                label=f"threshold {threshold:.3f}: coverage {at['coverage']:.2f}, "
+                      f"precision {at['precision']:.3f}")
+    ax.set(xlim=(0, 1.02), ylim=(0, max(0.1, float(np.nanmax(curve["risk"], initial=0)) * 1.1)),
+           xlabel="coverage (share answered, most confident first)", ylabel="risk (error rate)",
+           title=f"Risk-coverage{': ' + title if title else ''}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_top_losses(images: list[Image.Image], titles: list[str], path: str | Path,
                     ncols: int = 4) -> Path:
     """Grid of images, each with its title (e.g. "true: quartz\\npred: pyrite (0.91)")."""

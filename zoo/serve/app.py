@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Optional, Protocol
 
 import anyio
 import h11
@@ -34,9 +34,12 @@ from starlette.datastructures import UploadFile
 from swagger_ui_bundle import swagger_ui_path
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pydantic import BaseModel, Field
+
 from zoo.data.cache import decode_array
 from zoo.errors import UnreadableImageError
 from zoo.evaluate.predictor import top_k
+from zoo.evaluate.trust import message
 from zoo.serve.batching import MicroBatcher
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -87,6 +90,31 @@ PREDICT_BODY_SCHEMA = {
 }
 
 
+class ClassProbability(BaseModel):
+    class_: str = Field(alias="class")
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    """`POST /api/predict`. `status`, `ood_score` and `candidates` are absent for a run trained
+    before trust thresholds existed."""
+
+    predictions: list[ClassProbability] = Field(description="The top 3 classes, most probable first.")
+    model: str
+    latency_ms: float
+    status: Optional[Literal["confident", "unsure", "unknown"]] = Field(
+        None, description="confident: the top class, as sure as the run's target precision "
+                          "(validation) allows; unsure: one of `candidates`; unknown: the photo "
+                          "does not look like any class this model knows.")
+    confidence: float = Field(description="Calibrated probability of the top class.")
+    ood_score: Optional[float] = Field(
+        None, description="How unlike the training photos this photo is (higher: stranger); "
+                          "beyond the run's OOD threshold the status is unknown.")
+    candidates: Optional[list[str]] = Field(
+        None, description="The answer (confident), or the two or three most likely classes.")
+    message: Optional[str] = Field(None, description="The status in plain words.")
+
+
 class Predictor(Protocol):
     """What the app needs from `zoo.evaluate.predictor.load_predictor(...)`."""
 
@@ -106,7 +134,9 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
     body that takes longer than `body_timeout` seconds to arrive 408, an unreadable photo 400.
     Photos are predicted in batches of up to `max_batch` (1: one at a time), each waiting at
     most `batch_wait_ms` for others; the batcher runs during the app's lifespan."""
-    batcher = MicroBatcher(predictor.predict_proba, max_batch, batch_wait_ms)
+    # Predictors with trust thresholds give one row per photo: probabilities, then the OOD score.
+    rows = getattr(predictor, "predict_rows", None)
+    batcher = MicroBatcher(rows or predictor.predict_proba, max_batch, batch_wait_ms)
     app = FastAPI(
         title="mineral-zoo",
         summary=f"Identify minerals from photos with the model {predictor.name}.",
@@ -136,7 +166,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
     def model_info() -> dict[str, Any]:
         return info
 
-    @app.post("/api/predict", openapi_extra=PREDICT_BODY_SCHEMA)
+    @app.post("/api/predict", openapi_extra=PREDICT_BODY_SCHEMA, response_model=PredictResponse,
+              response_model_exclude_none=True, response_model_by_alias=True)
     async def predict(request: Request) -> dict[str, Any]:
         """Top-3 classes for the photo sent as multipart/form-data in the field `file`."""
         try:
@@ -147,12 +178,14 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
                                 detail=f"Upload too slow: the photo did not arrive within "
                                        f"{body_timeout:g} seconds.") from exc
         start = time.perf_counter()
-        probs = await batcher.predict(await run_in_threadpool(decode, data))
+        row = await batcher.predict(await run_in_threadpool(decode, data))
+        probs = row[:len(predictor.classes)]
         return {
             "predictions": [{"class": c, "probability": p}
                             for c, p in top_k(probs[None], predictor.classes, TOP_K)[0]],
             "model": predictor.name,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
+            **_verdict(predictor, probs, row[len(predictor.classes):]),
         }
 
     @app.get("/docs", include_in_schema=False)
@@ -169,6 +202,18 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
+
+
+def _verdict(predictor: Predictor, probs: np.ndarray, extra: np.ndarray) -> dict[str, Any]:
+    """Status, confidence, OOD score, candidates and message of one photo (`zoo.evaluate.trust`);
+    the confidence alone for a predictor without trust thresholds."""
+    judge = getattr(predictor, "judge", None)
+    ood = extra[:1].astype(np.float32) if len(extra) else None
+    verdicts = judge(probs[None], ood) if judge is not None else None
+    if not verdicts:
+        return {"confidence": float(np.max(probs))}
+    v = verdicts[0]
+    return {**v, "message": message(v, predictor.classes)}
 
 
 async def _read_upload(request: Request, max_upload_bytes: int) -> bytes:

@@ -58,6 +58,47 @@ class PreprocessingMeta(_Checked):
     crop_pct: float = Field(0.875, gt=0.1, le=1.5)
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class MemberNorm(_Checked):
+    """How an ensemble puts one member's OOD score on the common scale."""
+
+    run: RunName
+    median: Finite
+    threshold: Finite
+
+
+class OodMeta(_Checked):
+    """The unknown-mineral check of a run (``zoo.evaluate.trust``)."""
+
+    method: Literal["knn", "mahalanobis", "energy", "maxlogit", "msp", "members"]
+    threshold: Finite
+    median: Finite
+    known_tpr: Annotated[float, Field(gt=0, lt=1)]
+    temperature: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
+    k: Optional[int] = Field(None, ge=1, le=100_000)
+    file: Optional[Literal["ood.safetensors"]] = None
+    members: list[MemberNorm] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "OodMeta":
+        if self.method in ("knn", "mahalanobis") and self.file is None:
+            raise ValueError(f"the {self.method} score needs its feature statistics 'file'")
+        if self.method == "members" and len(self.members) < 2:
+            raise ValueError("an ensemble's OOD score needs its members' 'members' scales")
+        return self
+
+
+class TrustMeta(_Checked):
+    """Thresholds fitted on validation: selective prediction and the unknown-mineral check."""
+
+    target_precision: Annotated[float, Field(gt=0, le=1)]
+    confidence_threshold: Optional[Annotated[float, Field(ge=0, le=1)]]
+    fitted_on: Optional[Text] = None
+    ood: Optional[OodMeta] = None
+
+
 class RunMeta(_Checked):
     """``meta.json`` of a model run or an ensemble."""
 
@@ -80,6 +121,7 @@ class RunMeta(_Checked):
     created: Optional[Text] = None
     weights_source: Optional[Text] = None
     evaluated_on: Optional[Text] = None
+    trust: Optional[TrustMeta] = None
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

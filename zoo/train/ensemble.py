@@ -15,6 +15,14 @@ from ensembles import create_method
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
 from zoo.evaluate.metrics import classification_metrics
+from zoo.evaluate.trust import (
+    DEFAULT_PRECISION,
+    DEFAULT_TPR,
+    Trust,
+    combine_member_scores,
+    fit_trust,
+    selective_summary,
+)
 from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.leaderboard import record, rows
 from zoo.store.runs import (
@@ -66,43 +74,70 @@ def _check_members(names: list[str], metas: list[dict], paths: list[Path]) -> No
             raise ZooError(f"Member '{name}' cannot be used: {exc}") from exc
 
 
-def _aligned(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Ids, labels and each member's probabilities in one row order."""
+def _aligned(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray],
+                                                     list[np.ndarray | None]]:
+    """Ids, labels, each member's probabilities and OOD scores (None for a member trained before
+    they were stored) in one row order."""
     preds = [load_predictions(p, split) for p in paths]
     ids = preds[0]["ids"]
-    probs = []
+    probs, ood = [], []
     for path, pred in zip(paths, preds):
         if sorted(pred["ids"].tolist()) != sorted(ids.tolist()):
             raise ZooError(f"Member '{path.name}' has {split} predictions for other images than "
                            f"'{paths[0].name}'; retrain it on the same split.")
         order = {k: i for i, k in enumerate(pred["ids"].tolist())}
-        probs.append(pred["probs"][[order[k] for k in ids.tolist()]])
-    return ids, preds[0]["labels"], probs
+        rows = [order[k] for k in ids.tolist()]
+        probs.append(pred["probs"][rows])
+        ood.append(pred["ood"][rows] if "ood" in pred else None)
+    return ids, preds[0]["labels"], probs, ood
 
 
-def build_ensemble(members: list[str], method: str, name: str | None, home: Path) -> Path:
+def _member_scales(members: list[str], metas: list[dict]) -> list[dict] | None:
+    """Each member's OOD scale (its validation median and threshold), or None when a member has
+    no unknown-mineral check (trained before it existed)."""
+    oods = [(m.get("trust") or {}).get("ood") for m in metas]
+    if not all(oods):
+        return None
+    return [{"run": name, "median": o["median"], "threshold": o["threshold"]}
+            for name, o in zip(members, oods)]
+
+
+def build_ensemble(members: list[str], method: str, name: str | None, home: Path,
+                   target_precision: float = DEFAULT_PRECISION, known_tpr: float = DEFAULT_TPR) -> Path:
     if name is not None:
         check_name_free(name, home)
     paths = [run_dir(m, home) for m in members]
     metas = [read_meta(p) for p in paths]
     _check_members(members, metas, paths)
     start = time.perf_counter()
-    val_ids, y_val, val_probs = _aligned(paths, "val")
-    test_ids, y_test, test_probs = _aligned(paths, "test")
+    val_ids, y_val, val_probs, val_ood = _aligned(paths, "val")
+    test_ids, y_test, test_probs, test_ood = _aligned(paths, "test")
     ensemble = create_method(method).fit(val_probs, y_val)
     raw = {"val": ensemble.val_proba(), "test": ensemble.predict_proba(test_probs)}
     scaler = TemperatureScaler().fit(raw["val"], y_val) if ensemble.out_of_fold else TemperatureScaler()
     classes = metas[0]["classes"]
+    scales = _member_scales(members, metas)
+    ood = {"val": None, "test": None}
+    if scales is not None and all(o is not None for o in val_ood + test_ood):
+        ood = {"val": combine_member_scores(val_ood, scales), "test": combine_member_scores(test_ood, scales)}
+    # Validation only (out-of-fold for stacking): the test labels are never seen by the thresholds.
+    trust = fit_trust(scaler.transform(raw["val"]), y_val, ood["val"], target_precision, known_tpr,
+                      {"method": "members", "members": scales} if ood["val"] is not None else None,
+                      "out-of-fold validation" if ensemble.out_of_fold else "validation")
+    judge = Trust.from_meta(trust)
     with new_run(home, name, f"ensemble-{method}") as path:
         metrics = {}
         for split, ids, y in (("val", val_ids, y_val), ("test", test_ids, y_test)):
             probs = scaler.transform(raw[split])
-            save_predictions(path, split, ids.tolist(), y, probs, probs_uncalibrated=raw[split])
+            extra = {"ood": ood[split]} if ood[split] is not None else {}
+            save_predictions(path, split, ids.tolist(), y, probs, probs_uncalibrated=raw[split], **extra)
             metrics[split] = classification_metrics(y, probs, classes)
+            metrics[split]["selective"] = selective_summary(judge, probs, y, ood[split], classes)
         meta = {
             "name": path.name, "kind": "ensemble", "status": "finished", "model": f"{method} ensemble",
             "method": method, "members": members, "description": ensemble.describe(members),
-            "ensemble": ensemble.to_dict(), "calibration": scaler.to_dict(), "classes": classes,
+            "ensemble": ensemble.to_dict(), "calibration": scaler.to_dict(), "trust": trust,
+            "classes": classes,
             "dataset": metas[0]["dataset"], "split_id": metas[0]["split_id"], "metrics": metrics,
             "params": sum(m.get("params") or 0 for m in metas),
             "fit_seconds": sum(m.get("fit_seconds") or 0 for m in metas) + time.perf_counter() - start,

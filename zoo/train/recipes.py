@@ -136,6 +136,20 @@ class TrainSection(_Strict):
         return self
 
 
+class TrustSection(_Strict):
+    """Selective prediction and unknown-mineral detection (zoo/evaluate/trust.py), fitted on the
+    validation photos after training. They do not change training, so digest() leaves them out."""
+
+    # The confidence threshold is the lowest whose precision on validation reaches this.
+    target_precision: float = Field(0.95, gt=0, le=1)
+    # Share of the known classes' validation photos kept below the unknown-mineral threshold.
+    known_tpr: float = Field(0.95, gt=0, lt=1)
+    # The OOD score (benchmarks/open_set.py compares them): knn | mahalanobis (pooled features),
+    # energy | maxlogit | msp (logits).
+    ood_score: Literal["knn", "mahalanobis", "energy", "maxlogit", "msp"] = "knn"
+    knn_k: int = Field(5, ge=1, le=1000)  # the k-th nearest training photo (ood_score: knn)
+
+
 class Recipe(_Strict):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -152,6 +166,7 @@ class Recipe(_Strict):
     # `zoo tune`'s search space: recipe key -> {low, high[, log, step]} or a list of choices
     # (checked by zoo/tune/space.py). It does not change training, so digest() leaves it out.
     tune: dict[str, Any] = Field(default_factory=dict)
+    trust: TrustSection = Field(default_factory=TrustSection)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
@@ -161,7 +176,7 @@ class Recipe(_Strict):
         return self
 
     def digest(self) -> str:
-        config = json.dumps(self.model_dump(exclude={"tune"}), sort_keys=True)
+        config = json.dumps(self.model_dump(exclude={"tune", "trust"}), sort_keys=True)
         return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 

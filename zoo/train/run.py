@@ -25,7 +25,8 @@ from zoo.evaluate.calibration import TemperatureScaler
 from zoo.evaluate.metrics import classification_metrics
 from zoo.fileio import write_text
 from zoo.models.factory import build_model, count_params, preprocessing_of
-from zoo.models.inference import predict_logits
+from zoo.evaluate.trust import FEATURE_METHODS, OodScorer, Trust, fit_trust, selective_summary
+from zoo.models.inference import predict_logits, predict_outputs
 from zoo.models.runtime import Runtime
 from zoo.models.weights import create_pretrained
 from zoo.paths import runs_home
@@ -42,7 +43,7 @@ from zoo.store.runs import (
 )
 from zoo.train.batches import SplitArrays
 from zoo.train.distributed import Cluster, lost_contact, write_rank_digest
-from zoo.train.recipes import Recipe, dump_recipe, read_recipe_file, validate_recipe
+from zoo.train.recipes import Recipe, TrustSection, dump_recipe, read_recipe_file, validate_recipe
 from zoo.train.resume import check_state, clear_state, load_state, save_state
 from zoo.train.trainer import ResumeState, Trainer
 
@@ -107,10 +108,6 @@ def inference_speed(model: nn.Module, arrays: list[np.ndarray], pre: Preprocessi
     start = time.perf_counter()
     predict_logits(model, sample, pre, runtime=runtime)
     return len(sample) / (time.perf_counter() - start)
-
-
-def _probs(model: nn.Module, part: SplitArrays, pre: Preprocessing, bs: int, runtime: Runtime) -> np.ndarray:
-    return torch.softmax(predict_logits(model, part.arrays, pre, bs, runtime=runtime), 1).numpy()
 
 
 def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Preprocessing,
@@ -215,36 +212,62 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
     write_rank_digest(trainer.model, cluster)
     cluster.barrier()
     if cluster.main:
-        finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size, runtime)
+        finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size, runtime,
+                   recipe.trust)
         clear_state(path)
     return path
 
 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
-               history: list[dict], batch_size: int, runtime: Runtime = Runtime()) -> None:
-    """Score val and test (on one device), calibrate on val, save weights, predictions, plots;
-    rank the run."""
-    from zoo.report.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability
+               history: list[dict], batch_size: int, runtime: Runtime = Runtime(),
+               trust: TrustSection | None = None) -> None:
+    """Score val and test (on one device), calibrate on val, fit the trust thresholds on val
+    (zoo.evaluate.trust; feature statistics from the training photos), save weights,
+    predictions, plots; rank the run."""
+    from zoo.report.plots import (
+        plot_confusion_matrix,
+        plot_learning_curves,
+        plot_reliability,
+        plot_risk_coverage,
+    )
 
+    trust = trust or TrustSection()
     classes = meta["classes"]
-    val, test = data.parts["val"], data.parts["test"]
-    uncalibrated = {split: _probs(model, part, pre, batch_size, runtime)
-                    for split, part in (("val", val), ("test", test))}
+    train, val, test = data.parts["train"], data.parts["val"], data.parts["test"]
+    outputs = {split: [t.numpy() for t in predict_outputs(model, part.arrays, pre, batch_size, runtime=runtime)]
+               for split, part in (("val", val), ("test", test))}
+    uncalibrated = {split: torch.softmax(torch.from_numpy(logits), 1).numpy()
+                    for split, (logits, _) in outputs.items()}
     scaler = TemperatureScaler().fit(uncalibrated["val"], val.labels)
+    train_features = None
+    if trust.ood_score in FEATURE_METHODS:  # eval views of the training photos: no augmentation
+        train_features = predict_outputs(model, train.arrays, pre, batch_size, runtime=runtime)[1].numpy()
+    scorer = OodScorer.fit(trust.ood_score, train_features, train.labels, len(classes),
+                           scaler.temperature, trust.knn_k, seed=meta.get("seed", 0))
+    ood = {split: scorer.score(*outputs[split]) for split in outputs}
+    calibrated = {split: scaler.transform(uncalibrated[split]) for split in outputs}
+    # Validation only: the test labels are never seen by the thresholds.
+    fitted = fit_trust(calibrated["val"], val.labels, ood["val"], trust.target_precision,
+                       trust.known_tpr, scorer.params())
+    judge = Trust.from_meta(fitted)
     metrics = {}
     for split, part in (("val", val), ("test", test)):
-        probs = scaler.transform(uncalibrated[split])
+        probs = calibrated[split]
         save_predictions(path, split, part.paths, part.labels, probs,
-                         probs_uncalibrated=uncalibrated[split])
+                         probs_uncalibrated=uncalibrated[split], ood=ood[split])
         metrics[split] = classification_metrics(part.labels, probs, classes)
         metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, uncalibrated[split],
                                                                     classes)["ece"]
+        metrics[split]["selective"] = selective_summary(judge, probs, part.labels, ood[split], classes)
+    scorer.save(path)
     save_weights(path / "model.safetensors", model)
-    meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(),
+    meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(), trust=fitted,
                 infer_img_per_s=inference_speed(model, val.arrays, pre, runtime),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), epochs_run=len(history))
     plot_learning_curves(history, path / "plots" / "learning_curves.png")
     plot_confusion_matrix(np.array(metrics["test"]["confusion"]), classes, path / "plots" / "confusion_matrix.png")
-    plot_reliability(test.labels, scaler.transform(uncalibrated["test"]), path / "plots" / "reliability.png")
+    plot_reliability(test.labels, calibrated["test"], path / "plots" / "reliability.png")
+    plot_risk_coverage(test.labels, calibrated["test"], fitted["confidence_threshold"],
+                       path / "plots" / "risk_coverage.png", title=f"{meta['name']}: test split")
     write_meta(path, meta)
     record(meta, path.parent)

@@ -15,9 +15,42 @@ async function loadModel() {
     const accuracy = info.metrics && info.metrics.test_accuracy;
     $("model-accuracy").textContent =
       typeof accuracy === "number" ? `· test accuracy ${percent(accuracy)}` : "";
+    showKnown(info.classes || []);
   } catch (err) {
     $("model-name").textContent = "unavailable";
   }
+}
+
+function either(names) {
+  return names.length < 2 ? names.join("") : `${names.slice(0, -1).join(", ")} or ${names[names.length - 1]}`;
+}
+
+// Which minerals the model knows: anything else is answered "unknown", never one of these.
+function showKnown(classes) {
+  if (!classes.length) return;
+  $("known").textContent = `This model knows ${classes.length} minerals: ${classes.map(label).join(", ")}. ` +
+    "A photo of anything else should be answered “not one of these”.";
+  $("known").hidden = false;
+}
+
+// The answer in plain words, from the API's status (confident | unsure | unknown).
+function verdictText(result) {
+  const names = (result.candidates || []).map(label);
+  if (result.status === "confident") {
+    return `This is ${names[0]} (${percent(result.confidence)} sure).`;
+  }
+  if (result.status === "unsure") {
+    return `Not sure: it could be ${either(names)}.`;
+  }
+  const known = $("known").hidden ? "the minerals this model knows" : "the minerals listed above";
+  return `This does not look like any of ${known}. The nearest are ${either(names)}.`;
+}
+
+function showVerdict(result) {
+  const verdict = $("verdict");
+  verdict.textContent = verdictText(result);
+  verdict.className = `verdict verdict-${result.status}`;
+  verdict.hidden = false;
 }
 
 function showError(message) {
@@ -53,6 +86,14 @@ function renderPredictions(result) {
   }
   const top = result.predictions[0];
   const note = $("low-confidence");
+  if (result.status) {
+    showVerdict(result);
+    note.hidden = true;
+    $("status").textContent = result.status === "unknown"
+      ? `Unknown mineral, by ${result.model}: the closest matches are below.`
+      : `Most likely ${label(top.class)} (${percent(top.probability)}), by ${result.model}.`;
+    return;
+  }
   if (top && top.probability < LOW_CONFIDENCE) {
     const guesses = result.predictions.map((p) => `${label(p.class)} (${percent(p.probability)})`);
     note.textContent = `Not sure — top guesses are ${guesses.join(", ")}.`;
@@ -74,6 +115,7 @@ async function identify(file) {
   $("error").hidden = true;
   $("prediction-list").replaceChildren();
   $("low-confidence").hidden = true;
+  $("verdict").hidden = true;
   $("status").textContent = "Identifying…";
   const body = new FormData();
   body.append("file", file);
