@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -110,6 +111,8 @@ def fold_outputs(work: Path, data: Path, held: str, recipe_name: str, sets: list
         if cls.name != held and not (known / cls.name).exists():
             (known / cls.name).symlink_to(cls.resolve())
     recipe, _ = load_recipe(recipe_name, sets)
+    # A run folder without saved outputs is what an interrupted call left: train it again.
+    shutil.rmtree(work / "runs" / f"without-{held}", ignore_errors=True)
     start = time.perf_counter()
     with reporting(quiet) as rep:
         path = train(recipe, TrainOptions(data=str(known), name=f"without-{held}"), rep)

@@ -205,7 +205,7 @@ class OodScorer:
             p["file"] = OOD_FILE
         return p
 
-    def save(self, folder: Path) -> None:
+    def write_to(self, folder: Path) -> None:
         """Write the feature statistics (if any) to ``folder/ood.safetensors``, atomically."""
         if not self.needs_features:
             return

@@ -259,7 +259,7 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
         metrics[split]["ece_uncalibrated"] = classification_metrics(part.labels, uncalibrated[split],
                                                                     classes)["ece"]
         metrics[split]["selective"] = selective_summary(judge, probs, part.labels, ood[split], classes)
-    scorer.save(path)
+    scorer.write_to(path)
     save_weights(path / "model.safetensors", model)
     meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(), trust=fitted,
                 infer_img_per_s=inference_speed(model, val.arrays, pre, runtime),
