@@ -24,21 +24,28 @@ def predict(
     format: str = typer.Option("table", "--format", help="table | csv | json"),
     tta: bool = TtaOpt,
     device: str = DeviceOpt,
+    explain: bool = typer.Option(False, "--explain", help="Also write a Grad-CAM heat map of the top "
+                                 "class over each photo (PNG at the photo's size) and print its path."),
+    explain_dir: Path | None = typer.Option(None, "--explain-dir", help="Folder for the heat maps "
+                                            "(implies --explain; default: runs/<run>/explanations)."),
 ) -> None:
     """Identify the minerals in photos: the top classes with their probabilities.
 
     Unreadable files are listed with the reason (on stderr for csv and json) and the others are
-    still predicted; the exit code is non-zero only when no photo could be read.
+    still predicted; the exit code is non-zero only when no photo could be read. --explain writes
+    <photo name>-<hash>.png per photo: where the model saw the evidence for its top class.
 
     [bold]Examples[/]
       zoo predict custom_cnn-1 photo.jpg
       zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
       zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
+      zoo predict custom_cnn-1 photo.jpg --explain --explain-dir heatmaps
     """
     from zoo.data.dataset import visible_files
     from zoo.evaluate.evaluation import predict_files
     from zoo.evaluate.predictor import load_predictor, top_k
     from zoo.models.runtime import Runtime
+    from zoo.report.heatmaps import write_heatmaps
 
     check_format(format, FORMATS)
     predictor = load_predictor(run, runtime=Runtime.create(device))
@@ -51,12 +58,21 @@ def predict(
     if not result.files:
         raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
                        "was predicted (reasons above).")
+    heatmaps = None
+    if explain or explain_dir is not None:
+        with reporting(format != "table") as rep:
+            heatmaps = write_heatmaps(predictor, result.files, result.sha256,
+                                      result.probs.argmax(1).tolist(),
+                                      explain_dir or predictor.path / "explanations",
+                                      lambda i, n: rep.advance("explain", i, n))
     tops = top_k(result.probs, predictor.classes, k)
     k = len(tops[0])
     if format == "table":
         _print_prediction_table(predictor.name, result.files, tops, k)
+        for path in heatmaps or []:
+            out.print(plain(f"  heatmap {path}"), highlight=False, soft_wrap=True)
     else:
-        print(_prediction_text(result.files, tops, k, format), end="")
+        print(_prediction_text(result.files, tops, k, format, heatmaps), end="")
 
 
 def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) -> None:
@@ -69,14 +85,19 @@ def _print_prediction_table(name: str, files: list[Path], tops: list, k: int) ->
     out.print(table)
 
 
-def _prediction_text(files: list[Path], tops: list, k: int, fmt: str) -> str:
+def _prediction_text(files: list[Path], tops: list, k: int, fmt: str,
+                     heatmaps: list[Path] | None = None) -> str:
+    """json or csv; with ``heatmaps``, each photo's heat map path too (key / column "heatmap")."""
+    maps = [{"heatmap": str(h)} for h in heatmaps] if heatmaps else [{} for _ in files]
     if fmt == "json":
         return json.dumps([{"path": str(f), "predictions": [{"class": c, "probability": p}
-                                                            for c, p in top]}
-                           for f, top in zip(files, tops)], indent=2) + "\n"
+                                                            for c, p in top], **m}
+                           for f, top, m in zip(files, tops, maps)], indent=2) + "\n"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")])
-    for path, top in zip(files, tops):
-        writer.writerow([printable(path)] + [v for c, p in top for v in (printable(c), f"{p:.6f}")])
+    writer.writerow(["path"] + [f"{key}{i}" for i in range(1, k + 1) for key in ("top", "prob")]
+                    + list(maps[0]))
+    for path, top, m in zip(files, tops, maps):
+        writer.writerow([printable(path)] + [v for c, p in top for v in (printable(c), f"{p:.6f}")]
+                        + [printable(v) for v in m.values()])
     return buf.getvalue()
