@@ -12,8 +12,9 @@ times, one photo at a time, as `zoo predict` and `zoo predict --explain` do:
             own size, the CAM, the overlay and the PNG bytes (not the disk write)
 
 and prints the medians (milliseconds), the ratios cam / predict and explain / predict of the
-medians (target: explain <= 2x predict) and the largest explain / predict of any photo. It also checks that explaining leaves the model in eval mode with no
-parameter gradients and that predictions are unchanged afterwards.
+medians (target: explain <= 2x predict) and the largest explain / predict of any photo. It also
+checks that explaining leaves the model in eval mode with no parameter gradients and that
+predictions are unchanged afterwards.
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def measure(predictor: ModelPredictor, files: list[Path], repeat: int) -> dict[s
         for _ in range(repeat):
             runs["predict"].append(_ms(lambda: predict_one(predictor, path)))
             runs["cam"].append(_ms(lambda: predictor.heatmaps([array], [target])))
-            runs["explain"].append(_ms(lambda: png_bytes(explained_photo(predictor, read_photo(path), target))))
+            runs["explain"].append(_ms(lambda: png_bytes(explained_photo(predictor, read_photo(path),
+                                                                         target))))
         for key, values in runs.items():
             times[key].append(statistics.median(values))
     return times

@@ -133,7 +133,8 @@ def test_api_returns_the_overlay_on_request(zoo_copy, wide_photo):
     prefix = "data:image/png;base64,"
     assert explained["heatmap"].startswith(prefix)
     with Image.open(io.BytesIO(base64.b64decode(explained["heatmap"][len(prefix):]))) as img:
-        assert img.format == "PNG" and img.size == decode_array(wide_photo, load_predictor("tiny").decode_side).shape[1::-1]
+        decoded = decode_array(wide_photo, load_predictor("tiny").decode_side)
+        assert img.format == "PNG" and img.size == decoded.shape[1::-1]
     params = schema["paths"]["/api/predict"]["post"]["parameters"]
     assert [p["name"] for p in params] == ["explain"] and "heatmap" in params[0]["description"]
 

@@ -25,19 +25,21 @@ from zoo.fileio import atomic_path
 
 ALPHA = 0.5        # weight of the colours over the photo
 UNSEEN = 0.35      # brightness left to the parts of the photo the model did not see
-COMPRESS_LEVEL = 1  # zlib level of the PNGs: level 6 (Pillow's default) is 2-3x slower to write
+COMPRESS_LEVEL = 1  # zlib level of the PNGs: fast to write (Pillow's default, 6, is slower)
 
 
 @cache
 def _palette() -> list[int]:
-    return (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8).ravel().tolist()
+    rgb = colormaps["turbo"](np.linspace(0, 1, 256))[:, :3]
+    return (rgb * 255).round().astype(np.uint8).ravel().tolist()
 
 
 def overlay(photo: Image.Image, heat: np.ndarray, alpha: float = ALPHA) -> Image.Image:
     """``photo`` (RGB) with the map ``heat`` (any HxW frame of the same photo, values in [0, 1],
     NaN where the model did not look) stretched over it in colour, at the photo's size."""
     seen = ~np.isnan(heat)
-    level = Image.fromarray(np.where(seen, heat, 0).astype(np.float32)).resize(photo.size, Image.Resampling.BILINEAR)
+    level = Image.fromarray(np.where(seen, heat, 0).astype(np.float32))
+    level = level.resize(photo.size, Image.Resampling.BILINEAR)
     colours = Image.fromarray(np.clip(np.asarray(level) * 255 + 0.5, 0, 255).astype(np.uint8))
     colours.putpalette(_palette())
     blended = Image.blend(photo, colours.convert("RGB"), alpha)
