@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def photos(folder: Path, n: int) -> list[Path]:
-    files = visible_files(folder)
+    files = [f for f in visible_files(folder) if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
     return files[::max(1, len(files) // n)][:n]
 
 
