@@ -200,6 +200,7 @@ NOT_RUN_FILES = {  # (file, function): why a direct write is fine there
     ("__init__.py", "_log_traceback"): "the crash log, outside any run",
     ("export.py", "_export_onnx"): "writes the temporary path that atomic_path gives export_run",
     ("export.py", "_export_torchscript"): "writes the temporary path that atomic_path gives export_run",
+    ("heatmaps.py", "png_bytes"): "encodes into memory; write_heatmaps writes it through atomic_path",
 }
 
 

@@ -43,6 +43,10 @@ class FakePredictor:
             self.active -= 1
         return probs
 
+    def heatmaps(self, arrays: list[np.ndarray], targets: list[int]) -> list[np.ndarray]:
+        """The fake model's evidence for a class: its colour channel, scaled to [0, 1]."""
+        return [a[..., t] / max(1.0, float(a[..., t].max())) for a, t in zip(arrays, targets)]
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -80,6 +80,11 @@ def test_upload_shows_top3_and_model(page: Any, base_url: str) -> None:
     assert all(text.endswith("%") for text in predictions.locator(".prediction-prob").all_text_contents())
     sync_api.expect(page.locator("#status")).to_contain_text("fake-colour-1")
     sync_api.expect(page.locator("#preview")).to_be_visible()
+    sync_api.expect(page.locator("#heatmap")).to_be_visible()
+    assert page.locator("#heatmap").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") > 0  # it decoded
+    top = predictions.locator(".prediction-name").first.text_content()
+    sync_api.expect(page.locator("#heatmap-caption")).to_contain_text(f"Where the model saw {top}")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve.png"), full_page=True)
     assert all(url.startswith((base_url, "blob:", "data:")) for url in requested), requested
@@ -97,6 +102,7 @@ def test_low_confidence_note_and_errors(page: Any, base_url: str) -> None:
     page.locator("#file-input").set_input_files(notes)
     sync_api.expect(page.locator("#error")).to_contain_text("Unreadable image")
     sync_api.expect(page.locator("#results .prediction")).to_have_count(0)
+    sync_api.expect(page.locator("#heatmap-box")).to_be_hidden()
     sync_api.expect(page.locator("#low-confidence")).to_be_hidden()
 
 

@@ -47,7 +47,7 @@ def evaluate(
         ev = run_evaluation(run, data, tta, progress=lambda i, n: rep.advance("predict", i, n),
                             runtime=runtime)
     saved = [save_evaluation(ev)] if ev.stored else []
-    plots = write_plots(ev)
+    plots = write_plots(ev, runtime=runtime)
     if format == "json":
         print(json.dumps({**ev.to_dict(), "files": [str(p) for p in saved + plots]}, indent=2))
         return

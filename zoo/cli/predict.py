@@ -24,23 +24,30 @@ def predict(
     format: str = typer.Option("table", "--format", help="table | csv | json"),
     tta: bool = TtaOpt,
     device: str = DeviceOpt,
+    explain: bool = typer.Option(False, "--explain", help="Also write a Grad-CAM heat map of the top "
+                                 "class over each photo (PNG at the photo's size) and print its path."),
+    explain_dir: Path | None = typer.Option(None, "--explain-dir", help="Folder for the heat maps "
+                                            "(implies --explain; default: runs/<run>/explanations)."),
 ) -> None:
     """Identify the minerals in photos: the top classes with their probabilities, and how far to
     trust the answer: status confident, unsure (two or three candidates) or unknown (not like
     any mineral the model knows), confidence and OOD score (csv and json too).
 
     Unreadable files are listed with the reason (on stderr for csv and json) and the others are
-    still predicted; the exit code is non-zero only when no photo could be read.
+    still predicted; the exit code is non-zero only when no photo could be read. --explain writes
+    <photo name>-<hash>.png per photo: where the model saw the evidence for its top class.
 
     [bold]Examples[/]
       zoo predict custom_cnn-1 photo.jpg
       zoo predict ensemble-soft-1 ~/photos/unknown --format csv > predictions.csv
       zoo predict custom_cnn-1 a.jpg b.jpg --tta --top-k 5 --format json
+      zoo predict custom_cnn-1 photo.jpg --explain --explain-dir heatmaps
     """
     from zoo.data.dataset import visible_files
     from zoo.evaluate.evaluation import predict_files
     from zoo.evaluate.predictor import load_predictor, top_k
     from zoo.models.runtime import Runtime
+    from zoo.report.heatmaps import write_heatmaps
 
     check_format(format, FORMATS)
     predictor = load_predictor(run, runtime=Runtime.create(device))
@@ -53,11 +60,22 @@ def predict(
     if not result.files:
         raise ZooError(f"None of the {len(files)} file(s) given is a readable photo: nothing "
                        "was predicted (reasons above).")
+    heatmaps = None
+    if explain or explain_dir is not None:
+        with reporting(format != "table") as rep:
+            heatmaps = write_heatmaps(predictor, result.files, result.sha256,
+                                      result.probs.argmax(1).tolist(),
+                                      explain_dir or predictor.path / "explanations",
+                                      lambda i, n: rep.advance("explain", i, n))
     tops = top_k(result.probs, predictor.classes, k)
     k = len(tops[0])
     verdicts = _verdicts(predictor, result, format)
+    for verdict, path in zip(verdicts, heatmaps or []):
+        verdict["heatmap"] = str(path)
     if format == "table":
         _print_prediction_table(predictor.name, result.files, tops, k, verdicts, predictor.classes)
+        for path in heatmaps or []:
+            out.print(plain(f"  heatmap {path}"), highlight=False, soft_wrap=True)
     else:
         print(_prediction_text(result.files, tops, k, format, verdicts), end="")
 
@@ -102,11 +120,12 @@ def _status_legend(verdicts: list[dict], classes: list[str]) -> str:
     return "; ".join(words[s] for s in ("confident", "unsure", "unknown") if s in seen) + "."
 
 
-TRUST_KEYS = ("status", "confidence", "ood_score", "candidates")
+# Per-photo fields of csv and json beside the top classes (those a photo has; heatmap: --explain).
+TEXT_KEYS = ("status", "confidence", "ood_score", "candidates", "heatmap")
 
 
 def _prediction_text(files: list[Path], tops: list, k: int, fmt: str, verdicts: list[dict]) -> str:
-    keys = [key for key in TRUST_KEYS if key in verdicts[0]]
+    keys = [key for key in TEXT_KEYS if key in verdicts[0]]
     if fmt == "json":
         return json.dumps([{"path": str(f), **{key: v[key] for key in keys},
                             "predictions": [{"class": c, "probability": p} for c, p in top]}

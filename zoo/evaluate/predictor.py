@@ -17,6 +17,7 @@ from zoo.data.preprocessing import Preprocessing
 from zoo.data.tta import TTA_VIEWS, tta_views
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import TemperatureScaler
+from zoo.evaluate.explain import model_heatmaps, weighted_heatmaps
 from zoo.evaluate.trust import OodScorer, Trust, combine_member_scores
 from zoo.models.factory import build_model
 from zoo.models.inference import predict_logits, predict_outputs, view_logits, view_outputs
@@ -126,6 +127,11 @@ class ModelPredictor:
     def predict_proba(self, images: list[Image.Image], tta: bool = False) -> np.ndarray:
         return self.predict_arrays([np.asarray(img.convert("RGB")) for img in images], tta=tta)
 
+    def heatmaps(self, arrays: list[np.ndarray], targets: list[int]) -> list[np.ndarray]:
+        """Grad-CAM maps of class ``targets[i]`` over decoded photo ``arrays[i]`` (see
+        ``zoo.evaluate.explain``): HxW in [0, 1], NaN where the model did not look."""
+        return model_heatmaps(self.model, self.pre, arrays, targets, self.runtime)
+
     def info(self) -> dict:
         test = self.meta.get("metrics", {}).get("test", {})
         val = self.meta.get("metrics", {}).get("val", {})
@@ -193,6 +199,14 @@ class EnsemblePredictor(ModelPredictor):
         outs = [m.outputs(arrays, tta) for m in self.members]
         probs = self.method.predict_proba([p for p, _ in outs])
         return probs, combine_member_scores([o for _, o in outs], self.norms)
+
+    def heatmaps(self, arrays: list[np.ndarray], targets: list[int]) -> list[np.ndarray]:
+        """The members' maps, averaged with the ensemble's member weights (``weighted``: its
+        fitted weights; ``soft`` and ``stack``: equal weights); members of weight 0 are skipped."""
+        weights = getattr(self.method, "weights_", None)
+        weights = np.ones(len(self.members)) if weights is None else np.asarray(weights)
+        used = np.flatnonzero(weights > 0)
+        return weighted_heatmaps([self.members[i].heatmaps(arrays, targets) for i in used], weights[used])
 
 
 def check_member(ensemble: Path, member: str, meta: dict) -> None:

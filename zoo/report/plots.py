@@ -181,14 +181,16 @@ def plot_risk_coverage(y: np.ndarray, probs: np.ndarray, threshold: float | None
 
 def plot_top_losses(images: list[Image.Image], titles: list[str], path: str | Path,
                     ncols: int = 4) -> Path:
-    """Grid of images, each with its title (e.g. "true: quartz\\npred: pyrite (0.91)")."""
+    """Grid of images, each with its title (e.g. "true: quartz\\npred: pyrite (0.91)"); cells
+    widen for wide images (up to 2:1, e.g. a photo beside its heat map)."""
     if len(images) != len(titles):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     cols = max(1, min(ncols, len(images)))
     rows = max(1, math.ceil(len(images) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False,
+    aspect = min(2.0, max([1.0] + [image.width / image.height for image in images]))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * aspect * cols, 3.4 * rows), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")

@@ -4,9 +4,10 @@ The predictor is loaded once and shared by every request. Images are decoded in 
 as `zoo predict` decodes them, at most `max_decodes` at a time (each may take up to ~0.9 GB); an
 unreadable photo fails its own request only. Decoded photos of requests arriving within
 `batch_wait_ms` of each other then go through the model together (`zoo.serve.batching`: one
-`predict_proba` call for up to `max_batch` photos, the only caller of the model). Slow or silent
-clients are cut off (see `server_config`), and /docs serves Swagger UI from a local copy, never a
-CDN.
+`predict_proba` call for up to `max_batch` photos, the only caller of the model for predictions).
+`?explain=true` adds a Grad-CAM overlay of the top class, computed after the prediction one
+photo at a time (`zoo.report.heatmaps`). Slow or silent clients are cut off (see
+`server_config`), and /docs serves Swagger UI from a local copy, never a CDN.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import anyio
 import h11
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
@@ -37,9 +38,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from pydantic import BaseModel, Field
 
 from zoo.data.cache import decode_array
-from zoo.errors import UnreadableImageError
+from zoo.errors import UnreadableImageError, ZooError
 from zoo.evaluate.predictor import top_k
 from zoo.evaluate.trust import message
+from zoo.report.heatmaps import data_url, overlay
 from zoo.serve.batching import MicroBatcher
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -88,6 +90,8 @@ PREDICT_BODY_SCHEMA = {
         },
     }
 }
+EXPLAIN_QUERY = Query(False, description="Also return `heatmap`: a `data:image/png;base64,...` URL of "
+                      "the photo (at its decoded size) with the Grad-CAM heat map of the top class over it.")
 
 
 class ClassProbability(BaseModel):
@@ -113,6 +117,9 @@ class PredictResponse(BaseModel):
     candidates: Optional[list[str]] = Field(
         None, description="The answer (confident), or the two or three most likely classes.")
     message: Optional[str] = Field(None, description="The status in plain words.")
+    heatmap: Optional[str] = Field(
+        None, description="With `?explain=true`: a `data:image/png;base64,...` URL of the photo "
+                          "with the Grad-CAM heat map of the top class over it.")
 
 
 class Predictor(Protocol):
@@ -123,6 +130,8 @@ class Predictor(Protocol):
     decode_side: int  # photos are decoded with their shorter side this long
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray: ...
+
+    def heatmaps(self, arrays: list[np.ndarray], targets: list[int]) -> list[np.ndarray]: ...
 
     def info(self) -> dict[str, Any]: ...
 
@@ -146,6 +155,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
     )
     info = predictor.info()
     decodes = threading.BoundedSemaphore(max_decodes)
+    explaining = threading.Lock()  # one Grad-CAM at a time beside the batcher's forward passes
 
     def decode(data: bytes) -> Image.Image:
         with decodes:
@@ -153,6 +163,14 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
                 return Image.fromarray(decode_array(data, predictor.decode_side))
             except UnreadableImageError as exc:
                 raise HTTPException(status_code=400, detail=f"Unreadable image: {exc}") from exc
+
+    def explain_photo(image: Image.Image, target: int) -> str:
+        with explaining:
+            try:
+                heat = predictor.heatmaps([np.asarray(image)], [target])[0]
+            except ZooError as exc:  # a model without a convolutional feature map
+                raise HTTPException(status_code=501, detail=str(exc)) from exc
+            return data_url(overlay(image, heat))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -168,7 +186,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
 
     @app.post("/api/predict", openapi_extra=PREDICT_BODY_SCHEMA, response_model=PredictResponse,
               response_model_exclude_none=True, response_model_by_alias=True)
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request, explain: bool = EXPLAIN_QUERY) -> dict[str, Any]:
         """Top-3 classes for the photo sent as multipart/form-data in the field `file`."""
         try:
             with anyio.fail_after(body_timeout):
@@ -178,14 +196,19 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
                                 detail=f"Upload too slow: the photo did not arrive within "
                                        f"{body_timeout:g} seconds.") from exc
         start = time.perf_counter()
-        row = await batcher.predict(await run_in_threadpool(decode, data))
+        image = await run_in_threadpool(decode, data)
+        row = await batcher.predict(image)
         probs = row[:len(predictor.classes)]
+        heatmap = {}
+        if explain:
+            heatmap["heatmap"] = await run_in_threadpool(explain_photo, image, int(probs.argmax()))
         return {
             "predictions": [{"class": c, "probability": p}
                             for c, p in top_k(probs[None], predictor.classes, TOP_K)[0]],
             "model": predictor.name,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
             **_verdict(predictor, probs, row[len(predictor.classes):]),
+            **heatmap,
         }
 
     @app.get("/docs", include_in_schema=False)

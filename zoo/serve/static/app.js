@@ -59,6 +59,14 @@ function showError(message) {
   $("status").textContent = "Could not identify this photo.";
 }
 
+function renderHeatmap(result) {
+  const top = result.predictions[0];
+  if (!result.heatmap || !top) return;
+  $("heatmap").src = result.heatmap;
+  $("heatmap-caption").textContent = `Where the model saw ${label(top.class)} (red: most).`;
+  $("heatmap-box").hidden = false;
+}
+
 function renderPredictions(result) {
   const list = $("prediction-list");
   list.replaceChildren();
@@ -113,6 +121,7 @@ async function identify(file) {
   preview.src = URL.createObjectURL(file);
   $("preview-box").hidden = false;
   $("error").hidden = true;
+  $("heatmap-box").hidden = true;
   $("prediction-list").replaceChildren();
   $("low-confidence").hidden = true;
   $("verdict").hidden = true;
@@ -120,13 +129,14 @@ async function identify(file) {
   const body = new FormData();
   body.append("file", file);
   try {
-    const response = await fetch("/api/predict", { method: "POST", body });
+    const response = await fetch("/api/predict?explain=true", { method: "POST", body });
     const result = await response.json().catch(() => ({}));
     if (!response.ok) {
       showError(result.detail ? String(result.detail) : `The server answered ${response.status}.`);
       return;
     }
     renderPredictions(result);
+    renderHeatmap(result);
   } catch (err) {
     showError("The server could not be reached. Is `zoo serve` still running?");
   }
