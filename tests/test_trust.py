@@ -103,7 +103,7 @@ def test_every_ood_score_ranks_far_features_above_the_training_ones(method, tmp_
     far_f = -centres[y[:30]] * 0.1 + rng.normal(size=(30, 16)) * 0.3 + rng.normal(size=16) * 6
     near, far = scorer.score(near_f @ w.T, near_f), scorer.score(far_f @ w.T, far_f)
     assert auroc(near, far) > 0.9, method
-    scorer.save(tmp_path)
+    scorer.write_to(tmp_path)
     again = OodScorer.load(tmp_path, scorer.params())
     np.testing.assert_allclose(again.score(far_f @ w.T, far_f), far, rtol=1e-5, atol=1e-6)
 
