@@ -34,6 +34,10 @@ def export(
 
     if check:
         return _check(run)
+    from zoo.evaluate.export import FORMATS
+
+    if format not in (*FORMATS, "web"):
+        raise ZooError(f"Unknown export --format '{format}': use {', '.join(FORMATS)} or web.")
     runtime = Runtime.create(device, tf32=False)
     if format == "web":
         from zoo.evaluate.webapp import export_web
