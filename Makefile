@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[serve,export,test,tune]"
 	touch $@
 
-install: $(VENV)/.installed
+# onnxruntime-web for `zoo export --format web`, pinned in package.json / package-lock.json.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+
+install: $(VENV)/.installed node_modules/.package-lock.json
 
 test: install
 	ZOO_TEST_DATA=$${ZOO_TEST_DATA:-$(DATA)} ZOO_TEST_WEIGHTS=$${ZOO_TEST_WEIGHTS:-$(WEIGHTS)} \
@@ -38,4 +42,4 @@ demo: install
 	$(ZOO) leaderboard
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache node_modules

@@ -89,7 +89,7 @@ def test_ensemble_and_unknown_format_are_refused(zoo_copy):
     assert res.exit_code == 2
     assert "is an ensemble" in res.said and "zoo export tiny --format onnx" in res.said
     res = invoke(["export", "tiny", "--format", "tflite"])
-    assert res.exit_code == 2 and "onnx or torchscript" in res.said
+    assert res.exit_code == 2 and "use onnx, torchscript or web" in res.said
     assert not (zoo_copy.home / "tiny" / "export").exists()
 
 

@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import eval_array
 from zoo.errors import UnreadableImageError, ZooError
 from zoo.evaluate.calibration import PROB_FLOOR
+from zoo.evaluate.export_files import write_manifest
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.evaluate.trust import export_trust
 from zoo.fileio import atomic_path
@@ -64,6 +65,7 @@ class ExportResult:
     max_abs_diff: float
     parity_images: str
     tolerance: float = TOLERANCE
+    info: dict = field(default_factory=dict)  # export_info: what the file takes and returns
 
 
 def export_info(predictor: ModelPredictor, fmt: str) -> dict:
@@ -194,12 +196,14 @@ def export_run(run: str, fmt: str = "onnx", home: Path | None = None,
     module = Deployable(predictor.model, predictor.pre, predictor.scaler.temperature).eval()
     write, run_file = _EXPORTERS[fmt]
     target = path / "export" / FORMATS[fmt]
+    info = export_info(predictor, fmt)
     with atomic_path(target) as tmp:
-        write(module, x, tmp, export_info(predictor, fmt))
+        write(module, x, tmp, info)
         diff = float(np.abs(run_file(tmp, x) - expected).max())
         if not diff <= TOLERANCE:
             raise ZooError(f"The {fmt} export of '{run}' differs from PyTorch by {diff:.2e} "
                            f"(limit {TOLERANCE:.0e}) on {source}; nothing was written. This model "
                            "may use an operation the exporter does not support: try the other "
                            "--format.", exit_code=3)
-    return ExportResult(target, diff, source)
+    write_manifest(target.parent, [target.name])
+    return ExportResult(target, diff, source, info=info)

@@ -138,11 +138,13 @@ class Predictor(Protocol):
 
 def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
                body_timeout: float = BODY_TIMEOUT, max_decodes: int = MAX_DECODES,
-               max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS) -> FastAPI:
+               max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS,
+               web_app: Path | None = None) -> FastAPI:
     """Build the FastAPI app serving `predictor`: uploads above `max_upload_bytes` get 413, a
     body that takes longer than `body_timeout` seconds to arrive 408, an unreadable photo 400.
     Photos are predicted in batches of up to `max_batch` (1: one at a time), each waiting at
-    most `batch_wait_ms` for others; the batcher runs during the app's lifespan."""
+    most `batch_wait_ms` for others; the batcher runs during the app's lifespan. `web_app`, the
+    run's `zoo export --format web` folder, is served at /app when it exists."""
     # Predictors with trust thresholds give one row per photo: probabilities, then the OOD score.
     rows = getattr(predictor, "predict_rows", None)
     batcher = MicroBatcher(rows or predictor.predict_proba, max_batch, batch_wait_ms)
@@ -222,6 +224,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = 10 * 1024 * 1024,
         page.headers.update(DOCS_HEADERS)
         return page
 
+    _mount_web_app(app, web_app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
@@ -237,6 +240,22 @@ def _verdict(predictor: Predictor, probs: np.ndarray, extra: np.ndarray) -> dict
         return {"confidence": float(np.max(probs))}
     v = verdicts[0]
     return {**v, "message": message(v, predictor.classes)}
+
+
+def _mount_web_app(app: FastAPI, folder: Path | None) -> None:
+    """The offline web app at /app/ (a static folder: its own page, scripts, model and service
+    worker), or a page saying how to make it."""
+    if folder is not None and (folder / "index.html").is_file():
+        app.mount("/app", StaticFiles(directory=folder, html=True), name="app")
+        return
+
+    @app.get("/app", include_in_schema=False)
+    @app.get("/app/{path:path}", include_in_schema=False)
+    def no_web_app(path: str = "") -> HTMLResponse:
+        return HTMLResponse(
+            "<!doctype html><title>No offline app</title><p>This run has no offline web app yet. "
+            "Run <code>zoo export RUN --format web</code>, then start <code>zoo serve</code> again.</p>",
+            status_code=404, headers=PAGE_HEADERS)
 
 
 async def _read_upload(request: Request, max_upload_bytes: int) -> bytes:
@@ -339,10 +358,12 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000,
     return uvicorn.Config(app, host=host, port=port, http=protocol, **{**limits, **settings})
 
 
-def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, **app_settings: Any) -> None:
-    """Serve the page and API for `predictor` until interrupted; `app_settings` go to
-    `create_app` (`max_batch`, `batch_wait_ms`, ...)."""
-    uvicorn.Server(server_config(create_app(predictor, **app_settings), host, port)).run()
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, ssl_certfile: Path | None = None,
+          ssl_keyfile: Path | None = None, **app_settings: Any) -> None:
+    """Serve the page and API for `predictor` until interrupted, over https with a certificate
+    and key; `app_settings` go to `create_app` (`max_batch`, `batch_wait_ms`, `web_app`, ...)."""
+    tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
+    uvicorn.Server(server_config(create_app(predictor, **app_settings), host, port, **tls)).run()
 
 
 @contextmanager
