@@ -3,8 +3,8 @@
 The exported graph takes float32 RGB in [0, 1], NCHW, ``image_size`` square (the photo's shorter
 side resized to ``resize_side``, then centre-cropped) and returns calibrated probabilities:
 normalisation and temperature scaling are inside the graph. Classes and preprocessing travel in
-the file (ONNX ``metadata_props``; TorchScript ``_extra_files['meta.json']``). TFLite (``zoo.evaluate.tflite``)
-takes one photo, NHWC, and carries them as metadata and a sidecar JSON.
+the file (ONNX ``metadata_props``; TorchScript ``_extra_files['meta.json']``). TFLite
+(``zoo.evaluate.tflite``) takes one photo, NHWC, and carries them as metadata and a sidecar JSON.
 Ensembles are refused: export each member instead.
 """
 from __future__ import annotations

@@ -103,7 +103,8 @@ def labelled_test_photos(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray
     x, kept = _decode(_data_root(meta, path.name), test["ids"].tolist(),
                       Preprocessing.from_dict(meta["preprocessing"]))
     if not kept:
-        raise ZooError(f"None of the test photos of '{path.name}' could be read: int8 accuracy cannot be checked.")
+        raise ZooError(f"None of the test photos of '{path.name}' could be read: "
+                       "int8 accuracy cannot be checked.")
     return x, test["labels"][kept]
 
 

@@ -47,7 +47,8 @@ def _interpreter(path: Path, threads: int | None = None):  # noqa: ANN202 (a Lit
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
-        raise ZooError(f"Running a TFLite file needs the LiteRT interpreter (ai-edge-litert): {INSTALL}.") from exc
+        raise ZooError("Running a TFLite file needs the LiteRT interpreter (ai-edge-litert): "
+                       f"{INSTALL}.") from exc
     with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         interpreter.allocate_tensors()
@@ -111,7 +112,8 @@ def write_metadata(path: Path, info: dict) -> None:
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_KEY, len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_KEY, METADATA_KEY.encode())]
+    model.metadata = [m for m in (model.metadata or [])
+                      if m.name not in (METADATA_KEY, METADATA_KEY.encode())]
     model.metadata.append(entry)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
