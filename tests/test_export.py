@@ -88,8 +88,8 @@ def test_ensemble_and_unknown_format_are_refused(zoo_copy):
     res = invoke(["export", "duo", "--format", "onnx"])
     assert res.exit_code == 2
     assert "is an ensemble" in res.said and "zoo export tiny --format onnx" in res.said
-    res = invoke(["export", "tiny", "--format", "tflite"])
-    assert res.exit_code == 2 and "use onnx, torchscript or web" in res.said
+    res = invoke(["export", "tiny", "--format", "coreml"])
+    assert res.exit_code == 2 and "onnx, torchscript, tflite or web" in res.said
     assert not (zoo_copy.home / "tiny" / "export").exists()
 
 

@@ -201,6 +201,9 @@ NOT_RUN_FILES = {  # (file, function): why a direct write is fine there
     ("export.py", "_export_onnx"): "writes the temporary path that atomic_path gives export_run",
     ("export.py", "_export_torchscript"): "writes the temporary path that atomic_path gives export_run",
     ("heatmaps.py", "png_bytes"): "encodes into memory; write_heatmaps writes it through atomic_path",
+    ("tflite.py", "write_metadata"): "rewrites the temporary path that atomic_path gives export_run "
+                                     "and quantize_export",
+    ("quantize.py", "quantize_onnx"): "writes the temporary path that atomic_path gives quantize_export",
     ("webapp.py", "_build"): "fills a temporary folder that export_web renames into place",
     ("webapp.py", "_copy_checked"): "fills a temporary folder that export_web renames into place",
 }

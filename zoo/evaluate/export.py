@@ -1,9 +1,10 @@
-"""``zoo export``: a trained run as ONNX or TorchScript, verified against PyTorch before it is kept.
+"""``zoo export``: a trained run as ONNX, TorchScript or TFLite, verified against PyTorch before it is kept.
 
 The exported graph takes float32 RGB in [0, 1], NCHW, ``image_size`` square (the photo's shorter
 side resized to ``resize_side``, then centre-cropped) and returns calibrated probabilities:
 normalisation and temperature scaling are inside the graph. Classes and preprocessing travel in
-the file (ONNX ``metadata_props``; TorchScript ``_extra_files['meta.json']``).
+the file (ONNX ``metadata_props``; TorchScript ``_extra_files['meta.json']``). TFLite
+(``zoo.evaluate.tflite``) takes one photo, NHWC, and carries them as metadata and a sidecar JSON.
 Ensembles are refused: export each member instead.
 """
 from __future__ import annotations
@@ -30,11 +31,12 @@ from zoo.evaluate.calibration import PROB_FLOOR
 from zoo.evaluate.export_files import write_manifest
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.evaluate.trust import export_trust
+from zoo.evaluate.tflite import export_tflite, run_tflite, sidecar, write_sidecar
 from zoo.fileio import atomic_path
 from zoo.models.runtime import Runtime
 from zoo.store.runs import load_predictions, read_meta, run_dir
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "tflite": "model.tflite"}
 TOLERANCE = 1e-4
 PARITY_IMAGES = 16
 OPSET = 17
@@ -149,14 +151,20 @@ def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path, info: dict) -> 
     onnx.save(model, str(path))
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+def onnx_session(path: Path, threads: int = 0):  # noqa: ANN201 (an onnxruntime InferenceSession)
+    """A CPU session for an exported file; ``threads`` 0 lets onnxruntime choose."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ZooError("The ONNX parity check needs onnxruntime: "
+        raise ZooError("Running an ONNX file needs onnxruntime: "
                        "pip install 'mineral-zoo[export]'.") from exc
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": x.cpu().numpy()})[0]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    return onnx_session(path).run(None, {"image": x.cpu().numpy()})[0]
 
 
 def _export_torchscript(module: nn.Module, x: torch.Tensor, path: Path, info: dict) -> None:
@@ -170,7 +178,8 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
         return torch.jit.load(str(path))(x).cpu().numpy()
 
 
-_EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
+_EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript),
+              "tflite": (export_tflite, run_tflite)}
 
 
 def export_run(run: str, fmt: str = "onnx", home: Path | None = None,
@@ -180,7 +189,7 @@ def export_run(run: str, fmt: str = "onnx", home: Path | None = None,
     The model is traced, and its PyTorch reference computed, on ``runtime``'s device (fp32; a
     TorchScript file traced on a GPU expects its input there)."""
     if fmt not in FORMATS:
-        raise ZooError(f"Unknown export --format '{fmt}': use {' or '.join(FORMATS)}.")
+        raise ZooError(f"Unknown export --format '{fmt}': use {', '.join(FORMATS)}.")
     path = run_dir(run, home)
     meta = read_meta(path)
     if meta.get("kind") == "ensemble":
@@ -205,5 +214,8 @@ def export_run(run: str, fmt: str = "onnx", home: Path | None = None,
                            f"(limit {TOLERANCE:.0e}) on {source}; nothing was written. This model "
                            "may use an operation the exporter does not support: try the other "
                            "--format.", exit_code=3)
-    write_manifest(target.parent, [target.name])
+    written = [target]
+    if fmt == "tflite":
+        written.append(write_sidecar(target))
+    write_manifest(target.parent, [p.name for p in written])
     return ExportResult(target, diff, source, info=info)
