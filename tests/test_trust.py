@@ -49,16 +49,28 @@ def zoo_copy(tmp_path_factory, tmp_path, monkeypatch):
 def test_threshold_is_the_largest_coverage_that_keeps_the_target_precision():
     conf = np.array([0.99, 0.98, 0.97, 0.95, 0.90, 0.80, 0.70, 0.60])
     correct = np.array([1, 1, 1, 1, 0, 1, 0, 0], bool)
-    assert fit_confidence_threshold(conf, correct, 1.0) == 0.95
-    assert fit_confidence_threshold(conf, correct, 0.8) == 0.80   # 5 of 6 right
+    assert fit_confidence_threshold(conf, correct, 1.0, level=0) == 0.95
+    assert fit_confidence_threshold(conf, correct, 0.8, level=0) == 0.80   # 5 of 6 right
     at = selective_stats(conf, correct, 0.80)
     assert at["coverage"] == pytest.approx(0.75) and at["precision"] == pytest.approx(5 / 6)
     assert fit_confidence_threshold(conf[4:], correct[4:], 0.95) is None
     # ties: a threshold takes every photo of its confidence, so a tie with an error is refused
-    assert fit_confidence_threshold(np.array([0.9, 0.9, 0.8]), np.array([1, 0, 1], bool), 0.9) is None
+    assert fit_confidence_threshold(np.array([0.9, 0.9, 0.8]), np.array([1, 0, 1], bool), 0.9, 0) is None
     curve = risk_coverage(conf, correct)
     assert curve["risk"][0] == 0 and curve["risk"][-1] == pytest.approx(3 / 8)
     assert curve["aurc"] == pytest.approx(np.mean(curve["risk"]))
+
+
+def test_threshold_holds_the_target_with_the_chosen_confidence():
+    """The default asks the Clopper-Pearson lower bound of the precision to reach the target:
+    a few right answers prove little, many prove more; a higher level answers fewer."""
+    assert fit_confidence_threshold(np.linspace(1, 0.5, 10), np.ones(10, bool), 0.95) is None
+    conf = np.linspace(1, 0.5, 100)
+    correct = np.ones(100, bool)
+    correct[[60, 80, 90]] = False
+    answered = [selective_stats(conf, correct, fit_confidence_threshold(conf, correct, 0.95, level))
+                ["answered"] for level in (0, 0.9, 0.99)]
+    assert answered == [100, 80, 0]   # 97 of 100; 79 of 80 (bound 0.952); 60 of 60 is not enough
 
 
 def test_uniform_probabilities_are_unsure_everywhere():

@@ -13,7 +13,7 @@ Every prediction gets
 Both thresholds are fitted on validation photos only (out-of-fold validation probabilities where
 the method has them, e.g. a stacking ensemble), never on the test split: the confidence threshold
 is the lowest one whose selective precision on validation reaches the target precision (default
-0.95), the OOD threshold the ``known_tpr`` quantile (default 0.95) of the validation photos' OOD
+0.95) with 90% confidence (a Clopper-Pearson lower bound), the OOD threshold the ``known_tpr`` quantile (default 0.95) of the validation photos' OOD
 scores, so that 95% of photos of the known classes stay below it.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from zoo.errors import ZooError
 
 DEFAULT_PRECISION = 0.95
+DEFAULT_LEVEL = 0.9   # confidence that the validation precision bound holds (0: the plain ratio)
 DEFAULT_TPR = 0.95
 # The OOD scores that benchmarks/open_set.py compares; DEFAULT_OOD is the one it favoured.
 OOD_METHODS = ("knn", "mahalanobis", "energy", "maxlogit", "msp")
@@ -63,16 +64,25 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> dict:
     return {"coverage": k / conf.size, "risk": risk, "aurc": float(risk.mean())}
 
 
-def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray,
-                             target_precision: float) -> float | None:
+def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
+                             level: float = DEFAULT_LEVEL) -> float | None:
     """The lowest confidence threshold whose selective precision (accuracy of the answers at or
-    above it) reaches ``target_precision`` on these (validation) photos: the largest coverage
-    that keeps the target. ``None`` when no threshold does (then nothing is ever confident)."""
+    above it) reaches ``target_precision`` on these (validation) photos with confidence ``level``:
+    the one-sided Clopper-Pearson lower bound of that precision must reach the target, so a few
+    hundred validation photos do not promise more than they can (the bound of Geifman & El-Yaniv
+    2017's selection with guaranteed risk); ``level`` 0 takes the plain ratio. The largest coverage
+    that keeps the target; ``None`` when no threshold does (then nothing is ever confident)."""
     conf, ok = _sorted(confidence, correct)
     if conf.size == 0:
         return None
     k = np.arange(1, conf.size + 1)
-    precision = np.cumsum(ok) / k
+    right = np.cumsum(ok)
+    if level > 0:
+        from scipy.stats import beta
+
+        precision = np.nan_to_num(beta.ppf(1.0 - level, right, k - right + 1), nan=0.0)
+    else:
+        precision = right / k
     # Only the ends of runs of equal confidence are thresholds (a threshold takes all ties).
     ends = np.append(conf[:-1] > conf[1:], True)
     good = np.flatnonzero(ends & (precision >= target_precision - 1e-12))
@@ -253,15 +263,17 @@ def combine_member_scores(scores: list[np.ndarray], norms: list[dict]) -> np.nda
 # ---- fitting and applying -------------------------------------------------------------------
 def fit_trust(val_probs: np.ndarray, val_labels: np.ndarray, val_ood: np.ndarray | None,
               target_precision: float = DEFAULT_PRECISION, known_tpr: float = DEFAULT_TPR,
-              ood: dict | None = None, fitted_on: str = "validation") -> dict:
+              ood: dict | None = None, fitted_on: str = "validation",
+              level: float = DEFAULT_LEVEL) -> dict:
     """The ``trust`` entry of a run's meta.json, from validation photos only: calibrated
     probabilities, labels and OOD scores (``None``: no unknown-mineral check)."""
     probs = np.asarray(val_probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(val_labels)
-    threshold = fit_confidence_threshold(confidence, correct, target_precision)
+    threshold = fit_confidence_threshold(confidence, correct, target_precision, level)
     curve = risk_coverage(confidence, correct)
-    trust = {"target_precision": float(target_precision), "confidence_threshold": threshold,
+    trust = {"target_precision": float(target_precision), "confidence_level": float(level),
+             "confidence_threshold": threshold,
              "fitted_on": f"{fitted_on} ({len(probs)} photos)",
              "val": {**selective_stats(confidence, correct, threshold), "aurc": curve["aurc"]}}
     # A rule any program can apply to the probabilities alone (exported models): 1 - top

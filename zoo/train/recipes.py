@@ -142,6 +142,9 @@ class TrustSection(_Strict):
 
     # The confidence threshold is the lowest whose precision on validation reaches this.
     target_precision: float = Field(0.95, gt=0, le=1)
+    # ... with this confidence: the one-sided Clopper-Pearson lower bound of the validation
+    # precision must reach the target (0: the plain ratio, which the test split often misses).
+    confidence_level: float = Field(0.9, ge=0, lt=1)
     # Share of the known classes' validation photos kept below the unknown-mineral threshold.
     known_tpr: float = Field(0.95, gt=0, lt=1)
     # The OOD score (benchmarks/open_set.py compares them): knn | mahalanobis (pooled features),

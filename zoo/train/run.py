@@ -248,7 +248,7 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
     calibrated = {split: scaler.transform(uncalibrated[split]) for split in outputs}
     # Validation only: the test labels are never seen by the thresholds.
     fitted = fit_trust(calibrated["val"], val.labels, ood["val"], trust.target_precision,
-                       trust.known_tpr, scorer.params())
+                       trust.known_tpr, scorer.params(), level=trust.confidence_level)
     judge = Trust.from_meta(fitted)
     metrics = {}
     for split, part in (("val", val), ("test", test)):
