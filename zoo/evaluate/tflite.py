@@ -106,7 +106,11 @@ def write_metadata(path: Path, info: dict) -> None:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+    raw = path.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(raw, 0))
+    for b in model.buffers:  # data stored after the flatbuffer (offset, size) would be lost: inline it
+        if b.offset > 1:
+            b.data, b.offset, b.size = np.frombuffer(raw[b.offset:b.offset + b.size], np.uint8), 0, 0
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
     model.buffers.append(buffer)
