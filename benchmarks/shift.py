@@ -29,10 +29,11 @@ Shifts (mild / strong), sizes relative to the photo's shorter side S:
 - rotate: a quarter turn (90, 180 or 270 degrees) / an angle 20-70 degrees off the axes, the
   canvas grown to hold the whole photo and its corners filled with the photo's median border
   colour;
-- background: the whole photo (its own background included) shrunk to 60% / 40% of each side
-  and pasted at a random place on a synthetic cluttered canvas of the original size (smooth
-  random colour blobs plus finer mottling): "photographed smaller, on another table". No real
-  table photo is used, so this is an approximation.
+- background: the whole photo, its own background included, shrunk to 60% / 40% of each side
+  and pasted as a rectangle at a random place on a synthetic canvas of the original size (a
+  random muted surface colour with light and dark patches, slight colour variation and fine
+  mottling): roughly "the specimen photographed smaller, on another table". No real table
+  photo is used and the pasted rectangle's edges show, so this is an approximation.
 
 Reported per entry and per shift x strength: accuracy, NLL and ECE (zoo.evaluate.metrics), the
 clean scores, and the means over the shifts (per strength and all). Not covered: sensor noise,
@@ -123,12 +124,15 @@ def rotate(img: Image.Image, off_axis: bool, rng: np.random.Generator) -> Image.
 
 
 def background(img: Image.Image, scale: float, rng: np.random.Generator) -> Image.Image:
-    def noise(cells: int, low: int, high: int) -> np.ndarray:
-        tile = rng.integers(low, high, (cells, cells, 3)).astype(np.uint8)
-        return np.asarray(Image.fromarray(tile).resize(img.size, Image.Resampling.BICUBIC))
+    def blobs(cells: int, spread: float) -> np.ndarray:
+        tile = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
+        smooth = np.asarray(tile.resize(img.size, Image.Resampling.BICUBIC), float)
+        return (smooth / 255 - 0.5) * spread
 
-    canvas = np.clip(noise(6, 30, 230).astype(int) + noise(40, 0, 60) - 30, 0, 255)
-    out = Image.fromarray(canvas.astype(np.uint8))
+    base = rng.uniform(70, 190) + rng.uniform(-15, 15, 3)  # a muted surface colour
+    # light and dark patches, a little colour variation, fine mottling
+    canvas = base + blobs(6, 90)[..., :1] + blobs(6, 20) + blobs(50, 40)[..., :1]
+    out = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     small = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                        Image.Resampling.LANCZOS)
     out.paste(small, (int(rng.integers(0, img.width - small.width + 1)),
