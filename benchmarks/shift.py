@@ -38,8 +38,8 @@ Shifts (mild / strong), sizes relative to the photo's shorter side S:
 Reported per entry and per shift x strength: accuracy, NLL and ECE (zoo.evaluate.metrics), the
 clean scores, and the means over the shifts (per strength and all). Not covered: sensor noise,
 motion blur, glare, occluding fingers or labels, other cameras' colour science, and real
-photos of the same specimens; the shifts are synthetic. The dataset's file names do not
-reveal where each photo came from (932 of 947 are numbered), so there is no per-source report.
+photos of the same specimens; the shifts are synthetic. There is no per-source report: the
+minerals dataset's file names do not say where each photo came from (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -239,15 +239,16 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
 
 
-def summarise(predictor: ModelPredictor, labels: np.ndarray, probs: dict,
+def summarise(predictor: ModelPredictor, labels: np.ndarray, probs: dict, split: str,
               shifts: list[str], strengths: list[str]) -> dict:
-    """One entry's clean scores, per shift x strength, and the means over the shifts."""
+    """One entry's clean scores, per shift x strength, and the means over the shifts; with the
+    split's accuracy stored at training (a check of the clean path, on all of the split)."""
     per = {s: {k: scores(labels, probs[(s, k)], predictor.classes) for k in strengths}
            for s in shifts}
     means = {k: mean_scores([per[s][k] for s in shifts]) for k in strengths}
     means["all"] = mean_scores([per[s][k] for s in shifts for k in strengths])
-    stored = predictor.meta.get("metrics", {}).get("test", {}).get("accuracy")
-    return {"kind": predictor.kind, "stored_test_accuracy": stored,
+    stored = predictor.meta.get("metrics", {}).get(split, {}).get("accuracy")
+    return {"kind": predictor.kind, "stored_accuracy": stored,
             "clean": scores(labels, probs[("clean", "")], predictor.classes),
             "shifts": per, "mean": means}
 
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         save_examples(args.save_examples, root, ids[0], args.shifts, args.strengths)
     conditions = [("clean", "")] + [(s, k) for s in args.shifts for k in args.strengths]
     probs = predict_conditions(predictors, root, ids, conditions, args.quiet)
-    results = {p.name: summarise(p, labels, probs[p.name], args.shifts, args.strengths)
+    results = {p.name: summarise(p, labels, probs[p.name], args.split, args.shifts,
+                               args.strengths)
                for p in predictors}
     print(f"{len(ids)} {args.split} photos of {root}; accuracy, NLL, ECE (calibrated)")
     print_table(results, args.shifts, args.strengths)
