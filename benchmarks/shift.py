@@ -191,7 +191,8 @@ def data_root(predictor: ModelPredictor, data: str | None) -> Path:
         raise ZooError(f"The photos of '{predictor.name}' are not at {root} any more: pass "
                        "--data with the folder of class folders it was trained on.")
     if not root.is_dir():
-        raise ZooError(f"--data {data} is not a folder.")
+        raise ZooError(f"--data {data} is not a folder: pass the folder of class folders "
+                       "(<class>/<image>) the runs were trained on.")
     return root
 
 
