@@ -18,8 +18,9 @@ A second check scores real photos of other things shipped inside installed Pytho
 installed) and three synthetic images (noise, a flat colour, a text rendering) with every fold's
 model: AUROC against that fold's known test photos, and the share flagged unknown.
 
-The score with the best mean leave-one-class-out AUROC is the one to ship (``trust.ood_score``
-in recipes/defaults.yaml); the test photos of the full dataset are never used here.
+The shipped score (``trust.ood_score``) is chosen on both checks: unknown minerals (mean
+leave-one-class-out AUROC) and photos of other things; the test photos of the full dataset are
+never used here.
 
     export ZOO_DATA=/path/to/minerals ZOO_WEIGHTS_DIR=/path/to/weights
     python benchmarks/open_set.py --json open_set.json                     # tf_efficientnet_lite0
