@@ -12,37 +12,45 @@ the shipped level was set before this was run.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
+from zoo.errors import ZooError
 from zoo.evaluate.trust import DEFAULT_PRECISION, fit_confidence_threshold, selective_stats
 from zoo.paths import runs_home
 from zoo.store.runs import load_predictions, run_dir
 
 
-def stats(run: Path, split: str, threshold: float | None) -> dict:
-    p = load_predictions(run, split)
-    return selective_stats(p["probs"].max(1), p["probs"].argmax(1) == p["labels"], threshold)
+def rows(name: str, levels: list[float], target: float) -> list[str]:
+    """One line per level: the threshold fitted on the stored val predictions, scored on val and test."""
+    path = run_dir(name, runs_home())
+    val, test = load_predictions(path, "val"), load_predictions(path, "test")
+    judged = {split: (p["probs"].max(1), p["probs"].argmax(1) == p["labels"]) for split, p in
+              (("val", val), ("test", test))}
+    lines = []
+    for level in levels:
+        th = fit_confidence_threshold(*judged["val"], target, level)
+        v, t = (selective_stats(*judged[split], th) for split in ("val", "test"))
+        lines.append(f"{name:28}{level:>6g}{'-' if th is None else f'{th:.3f}':>10}  "
+                     f"{v['coverage']:>6.3f} / {v['precision'] or 0:.3f}  {t['coverage']:>7.3f} / "
+                     f"{t['precision'] or 0:.3f} ({t['answered']}/{t['n']})")
+    return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--level", type=float, nargs="+", default=[0.0, 0.9, 0.95])
     ap.add_argument("--target", type=float, default=DEFAULT_PRECISION)
     args = ap.parse_args(argv)
-    home = runs_home()
+    try:
+        lines = [line for name in args.runs for line in rows(name, args.level, args.target)]
+    except ZooError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{'run':28}{'level':>6}{'threshold':>10}  {'val cov / prec':>15}  {'test cov / prec':>16}")
-    for name in args.runs:
-        path = run_dir(name, home)
-        val = load_predictions(path, "val")
-        for level in args.level:
-            th = fit_confidence_threshold(val["probs"].max(1), val["probs"].argmax(1) == val["labels"],
-                                          args.target, level)
-            v, t = stats(path, "val", th), stats(path, "test", th)
-            print(f"{name:28}{level:>6g}{'-' if th is None else f'{th:.3f}':>10}  "
-                  f"{v['coverage']:>6.3f} / {v['precision'] or 0:.3f}  {t['coverage']:>7.3f} / "
-                  f"{t['precision'] or 0:.3f} ({t['answered']}/{t['n']})")
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -148,6 +148,33 @@ def test_offline_app_matches_pytorch_on_real_photos(web_run: Path, browser: Any)
     assert requested and all(u.startswith((url, "blob:", "data:")) for u in requested), requested
 
 
+STATUS_CASES = [  # (top, second, trust) -> status: the exported rule (zoo.evaluate.trust.export_trust)
+    ((0.90, 0.05, {"confidence_threshold": 0.8, "unknown_above": 0.6}), "confident"),
+    ((0.70, 0.20, {"confidence_threshold": 0.8, "unknown_above": 0.6}), "unsure"),
+    ((0.30, 0.25, {"confidence_threshold": 0.8, "unknown_above": 0.6}), "unknown"),
+    ((0.50, 0.50, {"confidence_threshold": 0.5, "unknown_above": 0.9}), "unsure"),   # a tie
+    ((0.99, 0.01, {"confidence_threshold": None, "unknown_above": 0.6}), "unsure"),  # never confident
+]
+
+
+def test_page_status_rule(web_run: Path, browser: Any) -> None:
+    """web/app.js trustStatus gives each status as the exported rule says (and as web_status,
+    which the parity test uses, computes it); no thresholds, no status."""
+    page = browser.new_page()
+    with static_server(web_run / "export" / "web") as url:
+        page.goto(url)
+        page.evaluate("window.mineralZoo.ready")
+        got = page.evaluate("""async (cases) => {
+            const { trustStatus } = await import('./app.js');
+            return [...cases.map(([top, second, trust]) => trustStatus(top, second, trust)),
+                    trustStatus(0.9, 0.05, null)];
+        }""", [list(case) for case, _ in STATUS_CASES])
+    page.close()
+    assert got == [status for _, status in STATUS_CASES] + [None]
+    for (top, second, trust), status in STATUS_CASES:
+        assert web_status(np.array([second, top]), trust) == status
+
+
 def test_resize_is_pillows_to_the_pixel(web_run: Path, browser: Any) -> None:
     """web/pillow.js against Pillow: shrinking (vertical pass first or not), enlarging,
     reducing_gap, and Image.reduce with partial blocks."""

@@ -1,12 +1,18 @@
 """`zoo export`."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.text import Text
 
 from zoo.cli.app import DeviceOpt, app
 from zoo.console import out, plain
 from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    from zoo.evaluate.export import ExportResult
+    from zoo.models.runtime import Runtime
 
 
 @app.command()
@@ -59,7 +65,7 @@ def export(
         _print_report(quantize_export(run, format, result.path, tolerance, force), report_path(result.path))
 
 
-def _export_web(run: str, runtime):
+def _export_web(run: str, runtime: Runtime) -> ExportResult:
     from zoo.evaluate.webapp import export_web
 
     web = export_web(run, runtime=runtime)
@@ -70,7 +76,7 @@ def _export_web(run: str, runtime):
     return web.onnx
 
 
-def _export_file(run: str, format: str, runtime):
+def _export_file(run: str, format: str, runtime: Runtime) -> ExportResult:
     from zoo.evaluate.export import export_run
 
     result = export_run(run, format, runtime=runtime)
