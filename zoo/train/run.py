@@ -209,6 +209,9 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
                        f". Run '{meta['name']}' keeps its last finished epoch; continue with: zoo train "
                        f"{recipe.model.name} --resume {meta['name']}", exit_code=130 if interrupted else 1) from None
     meta["fit_seconds"] += time.perf_counter() - start
+    if trainer.wise_:
+        meta["wise_ft"] = trainer.wise_
+        rep.log(f"WiSE-FT: alpha {trainer.wise_['alpha']} (0: warmed-up, 1: fine-tuned) validates best")
     write_rank_digest(trainer.model, cluster)
     cluster.barrier()
     if cluster.main:
