@@ -175,6 +175,24 @@ class TrustSection(_Strict):
     knn_k: int = Field(5, ge=1, le=1000)  # the k-th nearest training photo (ood_score: knn)
 
 
+class CalibrationSection(_Strict):
+    """Temperature scaling after training (zoo/evaluate/calibration.py). It does not change
+    training, so digest() leaves it out."""
+
+    # A fixed temperature (e.g. benchmarks/recipe_cv.py's out-of-fold fit on all train+val
+    # photos) instead of one fitted on the validation photos; null: fit on validation.
+    temperature: Optional[float] = Field(None, ge=0.05, le=20)
+    # The fitted temperature is at least this (1: it may soften, never sharpen).
+    min_temperature: float = Field(0.05, ge=0.05, le=20)
+
+    @model_validator(mode="after")
+    def _fixed_above_floor(self) -> "CalibrationSection":
+        if self.temperature is not None and self.temperature < self.min_temperature:
+            raise ValueError(f"temperature {self.temperature} is below min_temperature "
+                             f"{self.min_temperature}: lower min_temperature or raise temperature")
+        return self
+
+
 class Recipe(_Strict):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -192,6 +210,7 @@ class Recipe(_Strict):
     # (checked by zoo/tune/space.py). It does not change training, so digest() leaves it out.
     tune: dict[str, Any] = Field(default_factory=dict)
     trust: TrustSection = Field(default_factory=TrustSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
@@ -204,7 +223,7 @@ class Recipe(_Strict):
         return self
 
     def digest(self) -> str:
-        config = json.dumps(self.model_dump(exclude={"tune", "trust"}), sort_keys=True)
+        config = json.dumps(self.model_dump(exclude={"tune", "trust", "calibration"}), sort_keys=True)
         return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 
