@@ -10,6 +10,11 @@ test photos untouched), trains every variant on every fold with ``zoo train RECI
 (each fold's split saved in a private ZOO_SPLITS_DIR, runs in a private ZOO_HOME, the user's
 decode cache shared), and prints each variant's mean validation accuracy and NLL and its
 fold-by-fold difference from the first variant. Test metrics are never read.
+
+It also pools each variant's out-of-fold validation predictions (every train+val photo once)
+and fits one temperature on them: a steadier fit than one fold's validation photos, to pin with
+``--set calibration.temperature=T``; and for runs with ``train.wise_ft`` it prints the mean
+validation score of every WiSE-FT mix over the folds, to choose a fixed mix.
 """
 from __future__ import annotations
 
@@ -23,10 +28,14 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from zoo.data.cache import cache_root
 from zoo.data.dataset import resolve_data_root, scan_dataset
 from zoo.data.splits import cross_validation_folds, get_split, save_split
 from zoo.errors import ZooError
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
+from zoo.store.runs import load_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +83,43 @@ def summarise(results: list[dict], names: list[str]) -> None:
               f"(better in {sum(d > 0 for d in diff)}, worse in {sum(d < 0 for d in diff)} folds)")
 
 
+def out_of_fold(home: Path, names: list[str], folds: int) -> dict[str, dict]:
+    """Per variant: one temperature fitted on the pooled out-of-fold validation predictions, and
+    the pooled ECE raw, with each fold's own temperature, and with the pooled one."""
+    pooled = {}
+    for name in names:
+        preds = [load_predictions(home / f"{name}-fold{k}", "val") for k in range(folds)]
+        labels = np.concatenate([p["labels"] for p in preds])
+        raw = np.concatenate([p["probs_uncalibrated"] for p in preds])
+        scaler = TemperatureScaler().fit(raw, labels)
+        pooled[name] = {"photos": len(labels), "temperature": scaler.temperature,
+                        "ece_raw": expected_calibration_error(labels, raw),
+                        "ece_fold_temperatures": expected_calibration_error(
+                            labels, np.concatenate([p["probs"] for p in preds])),
+                        "ece_pooled_temperature": expected_calibration_error(labels, scaler.transform(raw))}
+        print(f"{name}: out-of-fold temperature {scaler.temperature:.3f} ({len(labels)} photos); pooled "
+              f"ECE raw {pooled[name]['ece_raw']:.3f}, with each fold's temperature "
+              f"{pooled[name]['ece_fold_temperatures']:.3f}, with this one "
+              f"{pooled[name]['ece_pooled_temperature']:.3f}")
+    return pooled
+
+
+def wise_curves(home: Path, names: list[str], folds: int) -> dict[str, list[dict]]:
+    """Per variant trained with train.wise_ft: each mix's mean validation accuracy and loss."""
+    curves = {}
+    for name in names:
+        metas = [json.loads((home / f"{name}-fold{k}" / "meta.json").read_text()) for k in range(folds)]
+        if not all("wise_ft" in m for m in metas):
+            continue
+        rows = [m["wise_ft"]["curve"] for m in metas]
+        curves[name] = [{"alpha": row[0]["alpha"],
+                         "val_accuracy": statistics.mean(r["val_accuracy"] for r in row),
+                         "val_loss": statistics.mean(r["val_loss"] for r in row)} for row in zip(*rows)]
+        print(f"{name}: WiSE-FT mix (alpha), mean val accuracy / loss over the folds: " + ", ".join(
+            f"{c['alpha']:g} {c['val_accuracy']:.4f}/{c['val_loss']:.3f}" for c in curves[name]))
+    return curves
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     names = [v.split()[0] if v.split() else "" for v in args.variant]
@@ -89,9 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [(n, sets, k) for n, sets in variants.items() for k in range(args.folds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda t: train_fold(args.recipe, index.root, *t, work, threads), tasks))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
     summarise(results, list(variants))
+    extra = {"out_of_fold": out_of_fold(work / "runs", list(variants), args.folds),
+             "wise_ft": wise_curves(work / "runs", list(variants), args.folds)}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": results, **extra}, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from PIL import Image, ImageFilter
 
 from zoo.data.imaging import load_image, read_photo, resize_short_side, short_side_array
 from zoo.errors import UnreadableImageError, ZooError
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.models.runtime import Runtime
@@ -66,7 +67,7 @@ from zoo.store.runs import load_predictions
 WORK_SIDE = 1024  # larger photos are shrunk to this shorter side before they are changed
 CHUNK = 16        # photos decoded and changed at a time (bounded memory)
 STRENGTHS = ("mild", "strong")
-METRICS = ("accuracy", "nll", "ece")
+METRICS = ("accuracy", "nll", "ece", "ece_raw", "ece_soft", "overconfidence")
 
 
 # ---- the shifts: PIL RGB image, the strength's parameter, a seeded generator -> PIL image ----
@@ -216,7 +217,7 @@ def split_photos(predictors: list[ModelPredictor], split: str,
 
 def predict_conditions(predictors: list[ModelPredictor], root: Path, ids: list[str],
                        conditions: list[tuple[str, str]], quiet: bool) -> dict:
-    """Calibrated probabilities per entry and condition: {name: {condition: (N, C)}}."""
+    """Uncalibrated probabilities per entry and condition: {name: {condition: (N, C)}}."""
     probs: dict = {p.name: {c: [] for c in conditions} for p in predictors}
     for start in range(0, len(ids), CHUNK):
         photos = [load_photo(root / i) for i in ids[start:start + CHUNK]]
@@ -224,16 +225,25 @@ def predict_conditions(predictors: list[ModelPredictor], root: Path, ids: list[s
             changed = [shifted(photo, cond, sha) for photo, sha in photos]
             for p in predictors:
                 arrays = [short_side_array(a, p.decode_side) for a in changed]
-                probs[p.name][cond].append(p.predict_arrays(arrays))
+                probs[p.name][cond].append(p.predict_arrays(arrays, calibrated=False))
         if not quiet:
             print(f"photos {min(start + CHUNK, len(ids))}/{len(ids)}", file=sys.stderr, flush=True)
     return {n: {c: np.concatenate(v) for c, v in by.items()} for n, by in probs.items()}
 
 
 # ---- scores ----------------------------------------------------------------------------------
-def scores(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
+def scores(labels: np.ndarray, raw: np.ndarray, scaler: TemperatureScaler,
+           classes: list[str]) -> dict[str, float]:
+    """Accuracy, NLL and ECE with the entry's calibration; ECE of the raw probabilities and with
+    the temperature kept >= 1 (``ece_soft``: calibration that may soften but never sharpen); mean
+    top probability minus accuracy (``overconfidence``, calibrated; < 0: under-confident)."""
+    probs = scaler.transform(raw)
     metrics = classification_metrics(labels, probs, classes)
-    return {m: metrics[m] for m in METRICS}
+    soft = TemperatureScaler(max(scaler.temperature, 1.0)).transform(raw)
+    return {"accuracy": metrics["accuracy"], "nll": metrics["nll"], "ece": metrics["ece"],
+            "ece_raw": expected_calibration_error(labels, raw),
+            "ece_soft": expected_calibration_error(labels, soft),
+            "overconfidence": float(probs.max(1).mean() - metrics["accuracy"])}
 
 
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -244,27 +254,29 @@ def summarise(predictor: ModelPredictor, labels: np.ndarray, probs: dict, split:
               shifts: list[str], strengths: list[str]) -> dict:
     """One entry's clean scores, per shift x strength, and the means over the shifts; with the
     split's accuracy stored at training (a check of the clean path, on all of the split)."""
-    per = {s: {k: scores(labels, probs[(s, k)], predictor.classes) for k in strengths}
-           for s in shifts}
+    score = lambda raw: scores(labels, raw, predictor.scaler, predictor.classes)  # noqa: E731
+    per = {s: {k: score(probs[(s, k)]) for k in strengths} for s in shifts}
     means = {k: mean_scores([per[s][k] for s in shifts]) for k in strengths}
     means["all"] = mean_scores([per[s][k] for s in shifts for k in strengths])
     stored = predictor.meta.get("metrics", {}).get(split, {}).get("accuracy")
     return {"kind": predictor.kind, "stored_accuracy": stored,
-            "clean": scores(labels, probs[("clean", "")], predictor.classes),
+            "temperature": predictor.scaler.temperature, "clean": score(probs[("clean", "")]),
             "shifts": per, "mean": means}
 
 
 def print_table(results: dict, shifts: list[str], strengths: list[str]) -> None:
     names = list(results)
     print(f"{'':<20}" + "".join(f"{n[:29]:>30}" for n in names))
-    print(f"{'condition':<20}" + f"{'acc':>12}{'NLL':>9}{'ECE':>9}" * len(names))
+    print(f"{'condition':<20}" + f"{'acc':>12}{'NLL':>9}{'ECE':>9}{'raw':>7}{'T>=1':>7}{'over':>7}"
+          * len(names))
     rows = [("clean", lambda r: r["clean"])]
     rows += [(f"{s} {k}", lambda r, s=s, k=k: r["shifts"][s][k]) for s in shifts for k in strengths]
     rows += [(f"mean {k}", lambda r, k=k: r["mean"][k]) for k in [*strengths, "all"]]
     for label, get in rows:
         cells = [get(results[n]) for n in names]
-        print(f"{label:<20}" + "".join(f"{c['accuracy']:>12.3f}{c['nll']:>9.3f}{c['ece']:>9.3f}"
-                                       for c in cells))
+        print(f"{label:<20}" + "".join(
+            f"{c['accuracy']:>12.3f}{c['nll']:>9.3f}{c['ece']:>9.3f}{c['ece_raw']:>7.3f}"
+            f"{c['ece_soft']:>7.3f}{c['overconfidence']:>+7.3f}" for c in cells))
 
 
 def save_examples(folder: Path, root: Path, photo_id: str, shifts: list[str],
@@ -325,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {p.name: summarise(p, labels, probs[p.name], args.split, args.shifts,
                                args.strengths)
                for p in predictors}
-    print(f"{len(ids)} {args.split} photos of {root}; accuracy, NLL, ECE (calibrated)")
+    print(f"{len(ids)} {args.split} photos of {root}; accuracy, NLL, ECE (calibrated), "
+          "ECE raw, ECE with the temperature kept >= 1, over-confidence (mean top probability - accuracy)")
     print_table(results, args.shifts, args.strengths)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,30 @@ def test_empty_bins_are_nan_and_ignored():
     assert np.isnan(bins["accuracy"][[0, 1, 3]]).all()
     assert expected_calibration_error(np.array([0, 0, 0, 0]), probs, n_bins=4) == \
         pytest.approx(0.25)
+
+
+def test_min_temperature_keeps_fit_from_sharpening() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    soft = np.full((200, 3), 0.2)
+    soft[np.arange(200), y] = 0.6  # always right, under-confident: the fit sharpens (T < 1)
+    assert TemperatureScaler().fit(soft, y).temperature < 1
+    floored = TemperatureScaler(min_temperature=1.0).fit(soft, y)
+    assert floored.temperature == 1.0
+    again = TemperatureScaler.from_dict(floored.to_dict())
+    assert (again.temperature, again.min_temperature) == (1.0, 1.0)
+    assert "min_temperature" not in TemperatureScaler().fit(soft, y).to_dict()
+
+
+def test_recipe_calibration_section() -> None:
+    from zoo.train.recipes import load_recipe
+
+    recipe, _ = load_recipe("custom_cnn", ["calibration.temperature=1.3", "calibration.min_temperature=1"])
+    assert (recipe.calibration.temperature, recipe.calibration.min_temperature) == (1.3, 1.0)
+    plain, _ = load_recipe("custom_cnn")
+    assert plain.digest() == recipe.digest()  # calibration does not change training
+    for sets, message in ((["calibration.temperature=0.5", "calibration.min_temperature=1"], "below min_temperature"),
+                          (["calibration.min_temperature=0"], "greater than or equal to 0.05"),
+                          (["calibration.temprature=1"], "did you mean 'temperature'")):
+        with pytest.raises(ZooError, match=message):
+            load_recipe("custom_cnn", sets)

@@ -52,11 +52,14 @@ class TemperatureScaler:
     """Divides log-probabilities by one scalar temperature T fitted to minimise validation NLL.
 
     T > 1 softens over-confident predictions, T < 1 sharpens under-confident ones; the argmax
-    (and hence accuracy) never changes.
+    (and hence accuracy) never changes. ``min_temperature`` bounds what ``fit`` may choose from
+    below (1: soften only; a model whose validation photos call for sharpening is often
+    over-confident on photos from elsewhere).
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, min_temperature: float = T_MIN) -> None:
         self.temperature = float(temperature)
+        self.min_temperature = float(min_temperature)
 
     def fit(self, probs: np.ndarray, y: np.ndarray) -> "TemperatureScaler":
         """Fit T in [T_MIN, T_MAX] (bounded search on log T) on validation probabilities."""
@@ -67,7 +70,7 @@ class TemperatureScaler:
             method="bounded",
             options={"xatol": 1e-5},
         )
-        self.temperature = float(math.exp(result.x))
+        self.temperature = max(float(math.exp(result.x)), self.min_temperature)
         return self
 
     def transform(self, probs: np.ndarray) -> np.ndarray:
@@ -78,15 +81,17 @@ class TemperatureScaler:
         return np.exp(_scaled_log_softmax(p, self.temperature)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"method": "temperature", "temperature": self.temperature}
+        floor = {"min_temperature": self.min_temperature} if self.min_temperature > T_MIN else {}
+        return {"method": "temperature", "temperature": self.temperature, **floor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TemperatureScaler":
-        t = d.get("temperature") if isinstance(d, dict) else None
-        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ZooError(f"invalid calibration entry {d!r}: 'temperature' must be a positive "
-                           "number; re-run calibration or delete the entry")
-        return cls(float(t))
+        entry = d if isinstance(d, dict) else {}
+        t, floor = entry.get("temperature"), entry.get("min_temperature", T_MIN)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (t, floor)):
+            raise ZooError(f"invalid calibration entry {d!r}: 'temperature' (and 'min_temperature') "
+                           "must be positive numbers; re-run calibration or delete the entry")
+        return cls(float(t), float(floor))
 
 
 def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict:

@@ -197,7 +197,7 @@ def _own_split(predictor: ModelPredictor, tta: bool, home: Path | None,
     test_probs, val_metrics = test.probs, None
     if tta:  # TTA averages soften probabilities: refit the temperature on validation TTA views
         _, val_labels, val = _rescore_split(predictor, root, "val", tta, progress)
-        scaler = TemperatureScaler().fit(val.raw, val_labels)
+        scaler = TemperatureScaler(min_temperature=predictor.scaler.min_temperature).fit(val.raw, val_labels)
         test_probs = scaler.transform(test.raw)
         val_metrics = _scores(val_labels, scaler.transform(val.raw), val.raw, classes)
     ev = Evaluation(predictor.name, None, tta, f"{root} (test split)", root, classes, ids,

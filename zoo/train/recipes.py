@@ -77,6 +77,23 @@ class WarmupStage(_Strict):
     views: int = Field(2, ge=1, le=32)  # augmented views per training image for cached features
 
 
+class WiseFT(_Strict):
+    """Weight-space ensembling of the warmed-up and the fine-tuned model (WiSE-FT, Wortsman et
+    al. 2022): after fine-tuning the weights become ``(1 - alpha) * warmed_up + alpha * fine_tuned``
+    with the ``alpha`` of this list that validates best (as early stopping ranks epochs; ties: the
+    earlier in the list). One value fixes the mix. 0 is the warmed-up model, 1 the fine-tuned one."""
+
+    alphas: list[float] = Field(default_factory=lambda: [round(a / 10, 1) for a in range(11)],
+                                min_length=1, max_length=101)
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= a <= 1 for a in value) or len(set(value)) < len(value):
+            raise ValueError(f"must be distinct numbers from 0 to 1 (got {short(value)})")
+        return value
+
+
 class TrainSection(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0, le=10)
@@ -101,6 +118,8 @@ class TrainSection(_Strict):
     # Fine-tuning validates, keeps and saves an exponential moving average of the weights (timm
     # ModelEmaV3 with decay warm-up) instead of the raw ones; 0: off.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # Mix the fine-tuned weights with the warmed-up ones (needs the train.warmup stage); null: off.
+    wise_ft: Optional[WiseFT] = None
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
@@ -133,6 +152,9 @@ class TrainSection(_Strict):
     def _some_training(self) -> "TrainSection":
         if self.epochs == 0 and self.warmup is None:
             raise ValueError("nothing to train: train.epochs is 0 and there is no train.warmup stage")
+        if self.wise_ft is not None and (self.warmup is None or self.epochs == 0):
+            raise ValueError("wise_ft mixes the warmed-up model with the fine-tuned one: it needs a "
+                             "train.warmup stage and train.epochs > 0 (or set train.wise_ft: null)")
         return self
 
 
@@ -153,6 +175,24 @@ class TrustSection(_Strict):
     knn_k: int = Field(5, ge=1, le=1000)  # the k-th nearest training photo (ood_score: knn)
 
 
+class CalibrationSection(_Strict):
+    """Temperature scaling after training (zoo/evaluate/calibration.py). It does not change
+    training, so digest() leaves it out."""
+
+    # A fixed temperature (e.g. benchmarks/recipe_cv.py's out-of-fold fit on all train+val
+    # photos) instead of one fitted on the validation photos; null: fit on validation.
+    temperature: Optional[float] = Field(None, ge=0.05, le=20)
+    # The fitted temperature is at least this (1: it may soften, never sharpen).
+    min_temperature: float = Field(0.05, ge=0.05, le=20)
+
+    @model_validator(mode="after")
+    def _fixed_above_floor(self) -> "CalibrationSection":
+        if self.temperature is not None and self.temperature < self.min_temperature:
+            raise ValueError(f"temperature {self.temperature} is below min_temperature "
+                             f"{self.min_temperature}: lower min_temperature or raise temperature")
+        return self
+
+
 class Recipe(_Strict):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -170,16 +210,20 @@ class Recipe(_Strict):
     # (checked by zoo/tune/space.py). It does not change training, so digest() leaves it out.
     tune: dict[str, Any] = Field(default_factory=dict)
     trust: TrustSection = Field(default_factory=TrustSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
 
     @model_validator(mode="after")
     def _warmup_needs_pretrained(self) -> "Recipe":
         if self.train.epochs == 0 and not self.model.pretrained:
             raise ValueError("nothing to train: train.epochs is 0 and model.pretrained is false "
                              "(the train.warmup stage only runs on a pretrained backbone)")
+        if self.train.wise_ft is not None and not self.model.pretrained:
+            raise ValueError("train.wise_ft needs model.pretrained: true (it mixes in the warmed-up "
+                             "pretrained model); set train.wise_ft: null")
         return self
 
     def digest(self) -> str:
-        config = json.dumps(self.model_dump(exclude={"tune", "trust"}), sort_keys=True)
+        config = json.dumps(self.model_dump(exclude={"tune", "trust", "calibration"}), sort_keys=True)
         return hashlib.sha256(config.encode()).hexdigest()[:12]
 
 

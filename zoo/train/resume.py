@@ -51,6 +51,7 @@ def save_state(run: Path, state: ResumeState) -> None:
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in state.model.items()}
     tensors |= {f"best/{k}": v.detach().contiguous() for k, v in state.best_model.items()}
     tensors |= {f"ema/{k}": v.detach().contiguous() for k, v in state.ema.items()}
+    tensors |= {f"anchor/{k}": v.detach().contiguous() for k, v in state.anchor.items()}
     opt_tensors, opt_info = _split_optimizer(state.optimizer)
     tensors |= opt_tensors
     info = {"stage": state.stage, "epoch": state.epoch, "best": state.best,
@@ -104,7 +105,7 @@ def load_state(run: Path) -> ResumeState:
     return ResumeState(info["stage"], info["epoch"], info["best"], info["bad_epochs"],
                        info.get("best_tiebreak"), info["history"], part("model/"), part("best/"),
                        _join_optimizer(tensors, info["optimizer"]), info["scheduler"], part("ema/"),
-                       info.get("scaler", {}))
+                       info.get("scaler", {}), part("anchor/"))
 
 
 def check_state(state: ResumeState, recipe: Recipe, pretrained: bool, run: Path) -> ResumeState:

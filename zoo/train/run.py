@@ -43,7 +43,14 @@ from zoo.store.runs import (
 )
 from zoo.train.batches import SplitArrays
 from zoo.train.distributed import Cluster, lost_contact, write_rank_digest
-from zoo.train.recipes import Recipe, TrustSection, dump_recipe, read_recipe_file, validate_recipe
+from zoo.train.recipes import (
+    CalibrationSection,
+    Recipe,
+    TrustSection,
+    dump_recipe,
+    read_recipe_file,
+    validate_recipe,
+)
 from zoo.train.resume import check_state, clear_state, load_state, save_state
 from zoo.train.trainer import ResumeState, Trainer
 
@@ -209,18 +216,21 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
                        f". Run '{meta['name']}' keeps its last finished epoch; continue with: zoo train "
                        f"{recipe.model.name} --resume {meta['name']}", exit_code=130 if interrupted else 1) from None
     meta["fit_seconds"] += time.perf_counter() - start
+    if trainer.wise_:
+        meta["wise_ft"] = trainer.wise_
+        rep.log(f"WiSE-FT: alpha {trainer.wise_['alpha']} (0: warmed-up, 1: fine-tuned) validates best")
     write_rank_digest(trainer.model, cluster)
     cluster.barrier()
     if cluster.main:
         finish_run(path, meta, trainer.model, pre, data, history, recipe.data.batch_size, runtime,
-                   recipe.trust)
+                   recipe.trust, recipe.calibration)
         clear_state(path)
     return path
 
 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
                history: list[dict], batch_size: int, runtime: Runtime = Runtime(),
-               trust: TrustSection | None = None) -> None:
+               trust: TrustSection | None = None, calibration: CalibrationSection | None = None) -> None:
     """Score val and test (on one device), calibrate on val, fit the trust thresholds on val
     (zoo.evaluate.trust; feature statistics from the training photos), save weights,
     predictions, plots; rank the run."""
@@ -231,14 +241,18 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
         plot_risk_coverage,
     )
 
-    trust = trust or TrustSection()
+    trust, calibration = trust or TrustSection(), calibration or CalibrationSection()
     classes = meta["classes"]
     train, val, test = data.parts["train"], data.parts["val"], data.parts["test"]
     outputs = {split: [t.numpy() for t in predict_outputs(model, part.arrays, pre, batch_size, runtime=runtime)]
                for split, part in (("val", val), ("test", test))}
     uncalibrated = {split: torch.softmax(torch.from_numpy(logits), 1).numpy()
                     for split, (logits, _) in outputs.items()}
-    scaler = TemperatureScaler().fit(uncalibrated["val"], val.labels)
+    scaler = TemperatureScaler(min_temperature=calibration.min_temperature)
+    if calibration.temperature is None:
+        scaler.fit(uncalibrated["val"], val.labels)
+    else:
+        scaler.temperature = calibration.temperature
     train_features = None
     if trust.ood_score in FEATURE_METHODS:  # eval views of the training photos: no augmentation
         train_features = predict_outputs(model, train.arrays, pre, batch_size, runtime=runtime)[1].numpy()

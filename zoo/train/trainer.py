@@ -9,6 +9,8 @@ averaging and layer-wise learning rates apply), run by one loop with no per-stag
    (tests/test_warm_start.py), except that the cached path keeps the model's head dropout as a
    regulariser where a frozen model in eval mode would switch it off.
 2. Fine-tuning (history label ``finetune``): every layer trains, cosine (or one-cycle) schedule.
+   With ``train.wise_ft`` its result is then mixed in weight space with the warmed-up model it
+   started from (WiSE-FT), the mix chosen on validation (``trainer.wise_``).
 
 Not to be confused with the head stage: the lr ramp (``train.warmup_steps_pct``, a linear rise
 of the learning rate at the start of each stage's schedule) and the decay ramp of the weight
@@ -91,6 +93,7 @@ class Stage:
     frozen_backbone: bool = False  # all but ``module`` stays in eval mode (batch-norm stats)
     ema_decay: float = 0.0  # validate and keep a moving average of the weights; 0: off
     layer_decay: float = 1.0  # lr * layer_decay ** (distance from the head); 1: one lr for all
+    wise_alphas: tuple[float, ...] = ()  # mix the result with the stage's start weights (WiSE-FT)
 
 
 @dataclass
@@ -109,10 +112,20 @@ class ResumeState:
     scheduler: dict
     ema: dict[str, torch.Tensor] = field(default_factory=dict)  # averaged weights, when on
     scaler: dict = field(default_factory=dict)  # fp16 gradient scaler (precision 16-mixed)
+    anchor: dict[str, torch.Tensor] = field(default_factory=dict)  # the stage's start (WiSE-FT)
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
+
+
+def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * start + alpha * end`` for every floating-point tensor (exactly ``start`` at
+    0 and ``end`` at 1); other tensors (batch counts) from the nearer of the two."""
+    near = end if alpha >= 0.5 else start
+    return {k: (1 - alpha) * start[k] + alpha * v if v.is_floating_point() else near[k].clone()
+            for k, v in end.items()}
 
 
 @dataclass
@@ -128,11 +141,13 @@ class Trainer:
     on_batch: Callable[[str, int, int], None] = lambda stage, i, n: None
     on_checkpoint: Callable[[ResumeState], None] = lambda state: None
     history: list[dict] = field(default_factory=list)
+    wise_: dict | None = None  # after fit with train.wise_ft: the chosen alpha and each alpha's scores
 
     def __post_init__(self) -> None:
         self.cfg = self.recipe.train
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.val_labels = torch.as_tensor(self.val.labels)
+        self.mix_with_head = False  # set by schedule(): WiSE-FT after a head stage
         self.model = self.model.to(self.runtime.device)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -149,6 +164,7 @@ class Trainer:
         """Builders of the stages to run, in order: the head stage (a pretrained backbone and a
         ``train.warmup`` section), then fine-tuning. A stage is built only when it starts."""
         head = pretrained and self.cfg.warmup is not None
+        self.mix_with_head = head and self.cfg.wise_ft is not None
         return [build for build, on in ((self.head_stage, head),
                                         (self.finetune_stage, self.cfg.epochs > 0)) if on]
 
@@ -183,8 +199,10 @@ class Trainer:
     def finetune_stage(self) -> Stage:
         """Every layer but the first ``train.frozen_groups`` trains."""
         self._set_trainable(frozen_backbone=False)
+        alphas = tuple(self.cfg.wise_ft.alphas) if self.mix_with_head else ()
         return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr,
-                                 ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay)
+                                 ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay,
+                                 wise_alphas=alphas)
 
     def _photo_stage(self, name: str, module: nn.Module, epochs: int, lr: float, **options) -> Stage:
         """A stage that runs augmented photos through the whole model (in DDP with several
@@ -209,8 +227,10 @@ class Trainer:
         ema = self._ema(stage)
         stopper = EarlyStopper(self.cfg.early_stopping)
         best_state, first = _clone(self.model.state_dict()), 0
+        anchor = best_state if stage.wise_alphas else {}
         if resume is not None and resume.epoch > 0:
             best_state, first = self._restore(resume, opt, sched, ema, stopper)
+            anchor = resume.anchor
         for epoch in range(first, stage.epochs):
             start = time.perf_counter()
             torch.manual_seed(epoch_seed(self.recipe.seed, epoch, index))  # dropout; resumable
@@ -234,8 +254,10 @@ class Trainer:
                 index, epoch + 1, stopper.best, stopper.bad_epochs, stopper.best_tiebreak,
                 list(self.history), self.model.state_dict(), best_state, opt.state_dict(),
                 sched.state_dict(), ema.module.state_dict() if ema is not None else {},
-                self.scaler.state_dict()))
+                self.scaler.state_dict(), anchor))
         self.model.load_state_dict(best_state)
+        if stage.wise_alphas:
+            self.model.load_state_dict(self._wise(stage, anchor, best_state))
         self.on_checkpoint(ResumeState(index + 1, 0, None, 0, None, list(self.history),
                                        self.model.state_dict(), best_state, {}, {}))
 
@@ -325,6 +347,22 @@ class Trainer:
             yield
         finally:
             self.model.load_state_dict(own)
+
+    def _wise(self, stage: Stage, anchor: dict[str, torch.Tensor],
+              tuned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """WiSE-FT: the mix of ``anchor`` (the stage's start) and ``tuned`` whose alpha validates
+        best, ranked as early stopping ranks epochs; every alpha's scores go to ``wise_``."""
+        stopper, curve, best = EarlyStopper(self.cfg.early_stopping), [], tuned
+        for alpha in stage.wise_alphas:
+            mixed = interpolate(anchor, tuned, alpha)
+            self.model.load_state_dict(mixed)
+            loss, acc = self.validate(stage)
+            curve.append({"alpha": alpha, "val_loss": loss, "val_accuracy": acc})
+            by_loss = self.cfg.early_stopping.monitor == "val_loss"
+            if stopper.step(loss, None) if by_loss else stopper.step(acc, loss):
+                best, chosen = mixed, curve[-1]
+        self.wise_ = {"alpha": chosen["alpha"], "curve": curve}
+        return best
 
     # ---- optimisation ---------------------------------------------------------------------
     def optimizer_for(self, stage: Stage) -> torch.optim.Optimizer:
