@@ -258,3 +258,16 @@ def test_a_soup_is_a_run_like_any_other(home: Path) -> None:
     assert "uniform soup of a, b" in (path / "report.html").read_text()
     code, said = zoo("ensemble", "--members", "usable,a", "--name", "soup-and-a")
     assert code == 0, said
+
+
+def test_a_soup_of_fp16_runs_is_scored_in_fp32_off_cuda() -> None:
+    from zoo.train.recipes import Recipe
+    from zoo.train.soup import _runtime
+
+    recipe = Recipe.model_validate({"model": {"name": "custom_cnn", "pretrained": False},
+                                    "train": {"precision": "16-mixed"}})
+    runtime = _runtime("cpu", recipe)
+    assert (runtime.device.type, runtime.precision) == ("cpu", "32")
+    recipe = Recipe.model_validate({"model": {"name": "custom_cnn", "pretrained": False},
+                                    "train": {"precision": "bf16"}})
+    assert _runtime("cpu", recipe).precision == "bf16"

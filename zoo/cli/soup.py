@@ -6,7 +6,7 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from zoo.cli.app import QuietOpt, TargetPrecisionOpt, app
+from zoo.cli.app import DeviceOpt, QuietOpt, TargetPrecisionOpt, app
 from zoo.console import out, plain, reporting
 
 HELP = """Average the weights of fine-tunes of one model into one model (a soup), ranked like a run.
@@ -31,8 +31,7 @@ def soup(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default soup-<model>-<n>)."),
     data: Optional[str] = typer.Option(None, "--data", help="The runs' photos folder, if it moved "
                                        "(default: where they were trained)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps "
-                                         "(default: the recipe's train.device, auto)."),
+    device: str = DeviceOpt,
     target_precision: Optional[float] = TargetPrecisionOpt,
     quiet: bool = QuietOpt,
 ) -> None:

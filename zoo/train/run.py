@@ -123,7 +123,7 @@ def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Prepro
 
 
 def start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessing,
-                model: nn.Module, source: str) -> dict:
+               model: nn.Module, source: str) -> dict:
     return {
         "name": name, "kind": "model", "status": "running", "model": recipe.model.name,
         "model_kwargs": recipe.model.kwargs, "classes": data.split.classes,

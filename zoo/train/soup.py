@@ -34,7 +34,7 @@ from zoo.errors import ZooError
 from zoo.fileio import atomic_folder, write_text
 from zoo.models.factory import build_model
 from zoo.models.inference import predict_logits
-from zoo.models.runtime import Runtime
+from zoo.models.runtime import Runtime, resolve_device
 from zoo.paths import runs_home
 from zoo.store.checkpoints import verify_checkpoint
 from zoo.store.leaderboard import record
@@ -270,6 +270,16 @@ def _recipe(first: Ingredient, target_precision: float | None) -> Recipe:
     return recipe
 
 
+def _runtime(device: str | None, recipe: Recipe) -> Runtime:
+    """``device`` (default auto), in the precision the runs were trained and scored in (fp16 needs
+    CUDA: elsewhere fp32)."""
+    where = resolve_device(device or "auto")
+    precision = recipe.train.precision
+    if precision == "16-mixed" and where.type != "cuda":
+        precision = "32"
+    return Runtime.create(str(where), precision)
+
+
 def _data_root(first: Ingredient, data: str | None) -> str:
     if data:
         return data
@@ -304,7 +314,7 @@ def build_soup(runs: list[str], method: str = "uniform", name: str | None = None
         ingredients = by_validation(ingredients)
     first = ingredients[0]
     recipe = _recipe(first, target_precision)
-    runtime = Runtime.create(device or recipe.train.device, recipe.train.precision)
+    runtime = _runtime(device, recipe)
     pre = Preprocessing.from_dict(first.meta["preprocessing"])
     start = time.perf_counter()
     prepared = prepare_data(_data_root(first, data), pre, rep)
