@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -49,6 +50,32 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``path``; on success it takes the place of ``path``
+    (absent, or an empty folder) in one rename, so readers see no folder or the complete one.
+
+    On any error or interruption the temporary folder is removed and ``path`` is untouched; OS
+    errors become a :class:`ZooError` naming the folder.
+    """
+    path = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700: as a plain mkdir would make it
+    except OSError as exc:
+        raise ZooError(f"Cannot write {path}: {_reason(exc)}{_blocker(path)}. Check that the folder "
+                       "is writable.") from exc
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ZooError(f"Writing {path} failed: {_reason(exc)}. Nothing was written there; free "
+                       "some disk space or fix the permissions and run again.") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _blocker(path: Path) -> str:

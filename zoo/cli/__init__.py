@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 # Each module registers its commands on import, listed by `zoo --help` in this order.
-from zoo.cli import board, data, ensemble, evaluate, export, predict, report, serve, train, tune  # noqa: F401
+from zoo.cli import board, data, ensemble, evaluate, export, predict, report, serve, soup, train, tune  # noqa: F401
 from zoo.cli.app import app
 from zoo.console import err, print_error
 from zoo.errors import ZooError

@@ -53,7 +53,10 @@ def run_names(home: Path | None = None) -> list[str]:
     home = home or runs_home()
     if not home.is_dir():
         return []
-    return sorted(p.name for p in home.iterdir() if (p / "meta.json").exists())
+    # hidden entries are never runs (run names start with a letter or digit): a run being
+    # written in a temporary folder (zoo.fileio.atomic_folder) is not listed before it is whole
+    return sorted(p.name for p in home.iterdir()
+                  if not p.name.startswith(".") and (p / "meta.json").exists())
 
 
 def run_dir(name: str, home: Path | None = None, must_exist: bool = True) -> Path:

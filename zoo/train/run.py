@@ -122,15 +122,15 @@ def _new_run(recipe: Recipe, opts: TrainOptions, data: PreparedData, pre: Prepro
     """Claim the run folder (atomically: a concurrent training never gets the same one), write
     its recipe and metadata, and list it on the leaderboard as running; all or nothing."""
     with new_run(opts.home, opts.name, recipe.model.name) as path:
-        meta = _start_meta(path.name, recipe, data, pre, model, source)
+        meta = start_meta(path.name, recipe, data, pre, model, source)
         write_text(path / "config.yaml", dump_recipe(recipe))
         write_meta(path, meta)
         record(meta, opts.home)
     return path, meta
 
 
-def _start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessing,
-                model: nn.Module, source: str) -> dict:
+def start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessing,
+               model: nn.Module, source: str) -> dict:
     return {
         "name": name, "kind": "model", "status": "running", "model": recipe.model.name,
         "model_kwargs": recipe.model.kwargs, "classes": data.split.classes,
@@ -144,15 +144,20 @@ def _start_meta(name: str, recipe: Recipe, data: PreparedData, pre: Preprocessin
     }
 
 
+def saved_recipe(path: Path) -> Recipe:
+    """The resolved recipe a run was trained with (its ``config.yaml``), checked."""
+    config = path / "config.yaml"
+    return validate_recipe(read_recipe_file(config, "Saved recipe"), str(config))
+
+
 def resume_target(run: str, home: Path) -> tuple[Path, dict, Recipe, ResumeState]:
     """An unfinished run's folder, metadata, its own saved recipe and its resume state."""
     path = run_dir(run, home)
     meta = read_meta(path)
     if meta.get("status") == "finished":
         raise ZooError(f"Run '{run}' already finished; nothing to resume.")
-    config = path / "config.yaml"
     try:
-        recipe = validate_recipe(read_recipe_file(config, "Saved recipe"), str(config))
+        recipe = saved_recipe(path)
     except ZooError as exc:
         raise ZooError(f"Run '{run}' has no usable config.yaml to resume from: {exc}") from exc
     pretrained = meta.get("weights_source") != RANDOM_INIT
@@ -231,9 +236,18 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
                history: list[dict], batch_size: int, runtime: Runtime = Runtime(),
                trust: TrustSection | None = None, calibration: CalibrationSection | None = None) -> None:
+    """``write_finished``, then rank the run."""
+    write_finished(path, meta, model, pre, data, history, batch_size, runtime, trust, calibration)
+    record(meta, path.parent)
+
+
+def write_finished(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,
+                   history: list[dict], batch_size: int, runtime: Runtime = Runtime(),
+                   trust: TrustSection | None = None, calibration: CalibrationSection | None = None) -> None:
     """Score val and test (on one device), calibrate on val, fit the trust thresholds on val
     (zoo.evaluate.trust; feature statistics from the training photos), save weights,
-    predictions, plots; rank the run."""
+    predictions, plots and (last) ``meta.json`` as finished into ``path``. ``history``: the
+    epochs trained (none for a model that was not trained, e.g. a soup: no learning curves)."""
     from zoo.report.plots import (
         plot_confusion_matrix,
         plot_learning_curves,
@@ -277,11 +291,12 @@ def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, dat
     save_weights(path / "model.safetensors", model)
     meta.update(status="finished", metrics=metrics, calibration=scaler.to_dict(), trust=fitted,
                 infer_img_per_s=inference_speed(model, val.arrays, pre, runtime),
-                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), epochs_run=len(history))
-    plot_learning_curves(history, path / "plots" / "learning_curves.png")
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if history:
+        meta["epochs_run"] = len(history)
+        plot_learning_curves(history, path / "plots" / "learning_curves.png")
     plot_confusion_matrix(np.array(metrics["test"]["confusion"]), classes, path / "plots" / "confusion_matrix.png")
     plot_reliability(test.labels, calibrated["test"], path / "plots" / "reliability.png")
     plot_risk_coverage(test.labels, calibrated["test"], fitted["confidence_threshold"],
                        path / "plots" / "risk_coverage.png", title=f"{meta['name']}: test split")
     write_meta(path, meta)
-    record(meta, path.parent)
