@@ -77,6 +77,24 @@ class WarmupStage(_Strict):
     views: int = Field(2, ge=1, le=32)  # augmented views per training image for cached features
 
 
+class MixupSection(_Strict):
+    """Mixup and CutMix of the fine-tuning stage's photo batches: the arguments of timm's
+    ``timm.data.Mixup`` (its label smoothing is ``train.label_smoothing``)."""
+
+    mixup_alpha: float = Field(0.0, ge=0, le=100)  # blend two photos, weight ~ Beta(alpha, alpha); 0: never
+    cutmix_alpha: float = Field(0.0, ge=0, le=100)  # paste a box of one photo into another; 0: never
+    prob: float = Field(1.0, gt=0, le=1)  # share of batches (photos or pairs in elem or pair mode) mixed
+    switch_prob: float = Field(0.5, ge=0, le=1)  # with both alphas > 0: share of mixes that are CutMix
+    mode: Literal["batch", "pair", "elem"] = "batch"  # one mix per batch, per pair, per photo
+
+    @model_validator(mode="after")
+    def _some_mixing(self) -> "MixupSection":
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: set one above 0 (e.g. "
+                             "mixup_alpha: 0.2), or train.mixup: null to mix nothing")
+        return self
+
+
 class TrainSection(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0, le=10)
@@ -101,6 +119,8 @@ class TrainSection(_Strict):
     # Fine-tuning validates, keeps and saves an exponential moving average of the weights (timm
     # ModelEmaV3 with decay warm-up) instead of the raw ones; 0: off.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # Mixup / CutMix of the fine-tuning batches with soft-target cross entropy; null: off.
+    mixup: Optional[MixupSection] = None
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
