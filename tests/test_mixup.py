@@ -30,8 +30,10 @@ BOTH = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}
     (["train.mixup.cutmix_alpha=1", "train.mixup.prob=0"], ["train.mixup.prob", "greater than 0"]),
     (["train.mixup.cutmix_alpha=1", "train.mixup.prob=1.5"], ["train.mixup.prob", "less than or equal to 1"]),
     (["train.mixup.cutmix_alpha=1", "train.mixup.switch_prob=-1"], ["train.mixup.switch_prob"]),
-    (["train.mixup.cutmix_alpha=1", "train.mixup.mode=row"], ["train.mixup.mode", "'batch', 'pair' or 'elem'"]),
-    (["train.mixup={mixup_alpha:0.2}"], ["mixup_alpha:0.2", "unknown field", "mixup_alpha"]),
+    (["train.mixup.cutmix_alpha=1", "train.mixup.mode=row"],
+     ["train.mixup.mode", "'batch', 'pair' or 'elem'"]),
+    (["train.mixup={mixup_alpha:0.2}"],  # YAML reads the key 'mixup_alpha:0.2'
+     ["train.mixup.mixup_alpha:0.2", "unknown field", "space after the colon: 'mixup_alpha: 0.2'"]),
 ])
 def test_bad_mixup_is_a_clear_recipe_error(sets: list[str], expected: list[str]) -> None:
     with pytest.raises(ZooError) as err:

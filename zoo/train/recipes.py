@@ -363,6 +363,9 @@ def _unknown_field(loc: tuple) -> str:
     allowed = list(section.model_fields) + (["base"] if section is Recipe else [])
     close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    key, colon, value = str(loc[-1]).partition(":")
+    if colon and key in allowed:  # {a:1} is the YAML key 'a:1'
+        hint = f"; YAML needs a space after the colon: '{key}: {value}'."
     return f"unknown field{hint} Allowed: {', '.join(allowed)}"
 
 
