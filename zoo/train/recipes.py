@@ -94,6 +94,24 @@ class WiseFT(_Strict):
         return value
 
 
+class MixupSection(_Strict):
+    """Mixup and CutMix of the fine-tuning stage's photo batches: the arguments of timm's
+    ``timm.data.Mixup`` (its label smoothing is ``train.label_smoothing``)."""
+
+    mixup_alpha: float = Field(0.0, ge=0, le=100)  # blend two photos, weight ~ Beta(alpha, alpha); 0: never
+    cutmix_alpha: float = Field(0.0, ge=0, le=100)  # paste a box of one photo into another; 0: never
+    prob: float = Field(1.0, gt=0, le=1)  # share of batches (photos or pairs in elem or pair mode) mixed
+    switch_prob: float = Field(0.5, ge=0, le=1)  # with both alphas > 0: share of mixes that are CutMix
+    mode: Literal["batch", "pair", "elem"] = "batch"  # one mix per batch, per pair, per photo
+
+    @model_validator(mode="after")
+    def _some_mixing(self) -> "MixupSection":
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: set one above 0 (e.g. "
+                             "mixup_alpha: 0.2), or train.mixup: null to mix nothing")
+        return self
+
+
 class TrainSection(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0, le=10)
@@ -120,6 +138,8 @@ class TrainSection(_Strict):
     ema_decay: float = Field(0.0, ge=0, lt=1)
     # Mix the fine-tuned weights with the warmed-up ones (needs the train.warmup stage); null: off.
     wise_ft: Optional[WiseFT] = None
+    # Mixup / CutMix of the fine-tuning batches with soft-target cross entropy; null: off.
+    mixup: Optional[MixupSection] = None
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
@@ -387,6 +407,9 @@ def _unknown_field(loc: tuple) -> str:
     allowed = list(section.model_fields) + (["base"] if section is Recipe else [])
     close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    key, colon, value = str(loc[-1]).partition(":")
+    if colon and key in allowed:  # {a:1} is the YAML key 'a:1'
+        hint = f"; YAML needs a space after the colon: '{key}: {value}'."
     return f"unknown field{hint} Allowed: {', '.join(allowed)}"
 
 

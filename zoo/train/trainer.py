@@ -49,6 +49,7 @@ from zoo.models.inference import predict_logits
 from zoo.models.runtime import Runtime
 from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
 from zoo.train.distributed import Cluster
+from zoo.train.mixing import BatchMixer
 from zoo.train.recipes import EarlyStopping, Recipe
 
 
@@ -94,6 +95,7 @@ class Stage:
     ema_decay: float = 0.0  # validate and keep a moving average of the weights; 0: off
     layer_decay: float = 1.0  # lr * layer_decay ** (distance from the head); 1: one lr for all
     wise_alphas: tuple[float, ...] = ()  # mix the result with the stage's start weights (WiSE-FT)
+    mixup: BatchMixer | None = None  # mixes photos and labels, scored by its soft-target loss
 
 
 @dataclass
@@ -197,10 +199,13 @@ class Trainer:
                      frozen_backbone=True)
 
     def finetune_stage(self) -> Stage:
-        """Every layer but the first ``train.frozen_groups`` trains."""
+        """Every layer but the first ``train.frozen_groups`` trains (on mixed batches with
+        ``train.mixup``)."""
         self._set_trainable(frozen_backbone=False)
         alphas = tuple(self.cfg.wise_ft.alphas) if self.mix_with_head else ()
-        return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr,
+        mix = self.cfg.mixup
+        mixup = None if mix is None else BatchMixer(mix, self.model.num_classes, self.cfg.label_smoothing)
+        return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, mixup=mixup,
                                  ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay,
                                  wise_alphas=alphas)
 
@@ -295,8 +300,12 @@ class Trainer:
                    sched: torch.optim.lr_scheduler.LRScheduler) -> float:
         """One optimisation step (modes as ``train_epoch`` sets them); the batch's loss."""
         x, y = (self.runtime.move(t) for t in batch)
+        loss_fn = self.loss_fn
+        if stage.mixup is not None:
+            x, y = stage.mixup(x, y)
+            loss_fn = stage.mixup.loss
         with self.runtime.autocast():
-            loss = self.loss_fn(stage.forward(x).float(), y)
+            loss = loss_fn(stage.forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
