@@ -101,6 +101,10 @@ class TrainSection(_Strict):
     # Fine-tuning validates, keeps and saves an exponential moving average of the weights (timm
     # ModelEmaV3 with decay warm-up) instead of the raw ones; 0: off.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # Class balance (zoo/train/balance.py), in every stage: sampler (each epoch draws as many
+    # photos as the split has, with replacement, with probability 1 / photos of their class) or
+    # loss (cross-entropy class weights n / (K * n_c); validation loss stays unweighted).
+    balance: Literal["none", "sampler", "loss"] = "none"
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
