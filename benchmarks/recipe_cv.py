@@ -8,8 +8,9 @@ gap between two seeds. This script deals the dataset's fixed train+val photos in
 folds (``zoo.data.splits.cross_validation_folds``: near-duplicates together, classes spread evenly,
 test photos untouched), trains every variant on every fold with ``zoo train RECIPE --set ...``
 (each fold's split saved in a private ZOO_SPLITS_DIR, runs in a private ZOO_HOME, the user's
-decode cache shared), and prints each variant's mean validation accuracy and NLL and its
-fold-by-fold difference from the first variant. Test metrics are never read.
+decode cache shared), and prints each variant's mean validation accuracy, balanced accuracy
+(the mean of the per-class recalls) and NLL, and its fold-by-fold accuracy difference from the
+first variant. Test metrics are never read.
 
 It also pools each variant's out-of-fold validation predictions (every train+val photo once)
 and fits one temperature on them: a steadier fit than one fold's validation photos, to pin with
@@ -65,7 +66,8 @@ def train_fold(recipe: str, data: Path, name: str, sets: list[str], fold: int, w
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     val = json.loads((home / run / "meta.json").read_text())["metrics"]["val"]
-    result = {"variant": name, "fold": fold, "val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+    result = {"variant": name, "fold": fold, "val_accuracy": val["accuracy"],
+              "val_balanced_accuracy": val["balanced_accuracy"], "val_nll": val["nll"]}
     print(json.dumps(result), flush=True)
     return result
 
@@ -73,12 +75,15 @@ def train_fold(recipe: str, data: Path, name: str, sets: list[str], fold: int, w
 def summarise(results: list[dict], names: list[str]) -> None:
     acc = {n: [r["val_accuracy"] for r in sorted(results, key=lambda r: r["fold"]) if r["variant"] == n]
            for n in names}
-    nll = {n: statistics.mean(r["val_nll"] for r in results if r["variant"] == n) for n in names}
+    mean = {key: {n: statistics.mean(r[key] for r in results if r["variant"] == n) for n in names}
+            for key in ("val_balanced_accuracy", "val_nll")}
     ref = acc[names[0]]
-    print(f"{'variant':<14}{'mean val acc':>13}{'val NLL':>9}  per fold; difference from {names[0]}")
+    print(f"{'variant':<14}{'mean val acc':>13}{'val bal acc':>12}{'val NLL':>9}  per fold; "
+          f"difference from {names[0]}")
     for n in names:
         diff = [a - b for a, b in zip(acc[n], ref)]
-        print(f"{n:<14}{statistics.mean(acc[n]):>13.4f}{nll[n]:>9.3f}  "
+        print(f"{n:<14}{statistics.mean(acc[n]):>13.4f}{mean['val_balanced_accuracy'][n]:>12.4f}"
+              f"{mean['val_nll'][n]:>9.3f}  "
               f"{' '.join(f'{a:.3f}' for a in acc[n])}; {statistics.mean(diff):+.4f} "
               f"(better in {sum(d > 0 for d in diff)}, worse in {sum(d < 0 for d in diff)} folds)")
 

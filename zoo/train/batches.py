@@ -1,10 +1,11 @@
 """Training batches for the trainer: photos augmented and shuffled afresh each epoch, and the
 pooled features of a frozen backbone, computed once for the head stage.
 
-Every random choice is seeded by ``epoch_seed``: an epoch's order by its seed, each photo's
-augmentation by that seed and the photo's index. So an epoch's batches depend neither on the
-epochs before it (a resumed run sees the batches an uninterrupted one would) nor on how many
-worker processes build them.
+Every random choice is seeded by ``epoch_seed``: an epoch's order (``epoch_order``: shuffled, or
+class-balanced with ``train.balance: sampler``) by its seed, each photo's augmentation by that
+seed and the photo's index. So an epoch's batches depend neither on the epochs before it (a
+resumed run sees the batches an uninterrupted one would) nor on how many worker processes build
+them.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import build_train_transform, eval_array, to_tensor
 from zoo.models.inference import CPU, pooled_features
 from zoo.models.runtime import Runtime
+from zoo.train.balance import balanced_draw
 from zoo.train.recipes import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -37,6 +39,13 @@ def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
     Dropout seeds with the stage index; shuffling and augmentation use stage 0 in every stage,
     and the views of cached features count as epochs ``FEATURE_VIEW_EPOCH + view``."""
     return seed * 1000 + 100 * stage + epoch
+
+
+def epoch_order(labels: np.ndarray, seed: int, epoch: int, balance: str = "none") -> np.ndarray:
+    """The items ``epoch`` visits, in order: a permutation of all of them, or with ``balance``
+    "sampler" as many drawn with replacement, every class equally likely (``balanced_draw``)."""
+    rng = np.random.default_rng(epoch_seed(seed, epoch))
+    return balanced_draw(rng, labels) if balance == "sampler" else rng.permutation(len(labels))
 
 
 @dataclass
@@ -111,9 +120,9 @@ class PhotoBatches:
         return math.ceil(math.ceil(len(self.split) / self.world_size) / self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
-        """This rank's photos in ``epoch``: every ``world_size``-th of the epoch's permutation,
-        which wraps around so that every rank gets as many."""
-        perm = np.random.default_rng(epoch_seed(self.recipe.seed, epoch)).permutation(len(self.split))
+        """This rank's photos in ``epoch``: every ``world_size``-th of the epoch's order
+        (``epoch_order``), which wraps around so that every rank gets as many."""
+        perm = epoch_order(self.split.labels, self.recipe.seed, epoch, self.recipe.train.balance)
         return np.resize(perm, -(-len(perm) // self.world_size) * self.world_size)[self.rank::self.world_size]
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
@@ -156,10 +165,10 @@ class PhotoBatches:
                           for x, _ in self._load(self._in_order(None))]).clone()
 
 
-def feature_batches(x: torch.Tensor, y: torch.Tensor, seed: int, epoch: int,
+def feature_batches(x: torch.Tensor, y: torch.Tensor, seed: int, epoch: int, balance: str = "none",
                     batch_size: int = HEAD_BATCH_SIZE) -> Iterator[Batch]:
-    """Shuffled batches of cached features, in the order ``epoch`` draws."""
-    order = torch.from_numpy(np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(y)))
+    """Shuffled batches of cached features, in the order ``epoch`` draws (``epoch_order``)."""
+    order = torch.from_numpy(epoch_order(y.cpu().numpy(), seed, epoch, balance))
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
         yield x[idx], y[idx]

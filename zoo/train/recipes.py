@@ -140,6 +140,10 @@ class TrainSection(_Strict):
     wise_ft: Optional[WiseFT] = None
     # Mixup / CutMix of the fine-tuning batches with soft-target cross entropy; null: off.
     mixup: Optional[MixupSection] = None
+    # Class balance (zoo/train/balance.py), in every stage: sampler (each epoch draws as many
+    # photos as the split has, with replacement, with probability 1 / photos of their class) or
+    # loss (cross-entropy class weights n / (K * n_c); validation loss stays unweighted).
+    balance: Literal["none", "sampler", "loss"] = "none"
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")

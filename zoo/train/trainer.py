@@ -47,6 +47,7 @@ from zoo.data.preprocessing import Preprocessing
 from zoo.errors import ZooError
 from zoo.models.inference import predict_logits
 from zoo.models.runtime import Runtime
+from zoo.train.balance import class_weights
 from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
 from zoo.train.distributed import Cluster
 from zoo.train.mixing import BatchMixer
@@ -147,7 +148,10 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.cfg = self.recipe.train
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        weight = (class_weights(self.train.labels, self.model.num_classes)
+                  if self.cfg.balance == "loss" else None)  # validation loss stays unweighted
+        self.loss_fn = nn.CrossEntropyLoss(weight, label_smoothing=self.cfg.label_smoothing)
+        self.loss_fn.to(self.runtime.device)
         self.val_labels = torch.as_tensor(self.val.labels)
         self.mix_with_head = False  # set by schedule(): WiSE-FT after a head stage
         self.model = self.model.to(self.runtime.device)
@@ -194,7 +198,8 @@ class Trainer:
         val_feats = self.cluster.gather_rows(self.val_photos.eval_features(self.model, self.runtime))
         drop = nn.Dropout(getattr(self.model, "drop_rate", 0.0) or 0.0)
         return Stage("warmup", head, warm.epochs, warm.lr, math.ceil(len(labels) / HEAD_BATCH_SIZE),
-                     batches=lambda epoch: feature_batches(feats, labels, self.recipe.seed, epoch),
+                     batches=lambda epoch: feature_batches(feats, labels, self.recipe.seed, epoch,
+                                                           self.cfg.balance),
                      forward=lambda x: head(drop(x)), val_logits=lambda: head(val_feats),
                      frozen_backbone=True)
 
