@@ -38,7 +38,7 @@ demo: install
 	$(ZOO) train tf_efficientnet_lite0 && \
 	$(ZOO) train mobilenetv2_100 && \
 	$(ZOO) train tf_efficientnet_lite2 && \
-	$(ZOO) ensemble --top 4 --method weighted && \
+	$(ZOO) ensemble --top 4 && \
 	$(ZOO) leaderboard
 
 clean:
