@@ -6,28 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from helpers_training import random_split
+from helpers_training import tiny_trainer
 
-from zoo.models.factory import build_model, preprocessing_of
-from zoo.train.recipes import Recipe
 from zoo.train.resume import load_state, save_state
 from zoo.train.trainer import ResumeState, Trainer
 
-SIZE, CLASSES, DECAY = 32, 3, 0.6
+DECAY = 0.6
 
 
 def _trainer(epochs: int, **callbacks) -> Trainer:
-    recipe = Recipe.model_validate({
-        "model": {"name": "custom_cnn", "pretrained": False, "kwargs": {"widths": [8, 16, 32]}},
-        "data": {"image_size": SIZE, "batch_size": 4},
-        "train": {"epochs": epochs, "lr": 0.01, "warmup": None, "ema_decay": DECAY,
-                  "early_stopping": {"monitor": "val_accuracy", "patience": 50}},
-    })
-    torch.manual_seed(0)
-    model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
-    pre = preprocessing_of(model, SIZE)
-    side = pre.resize_side
-    return Trainer(model, pre, recipe, random_split(12, side, 1), random_split(6, side, 2), **callbacks)
+    return tiny_trainer({"epochs": epochs, "warmup": None, "ema_decay": DECAY}, **callbacks)
 
 
 def test_one_epoch_keeps_the_moving_average_of_the_step_weights() -> None:

@@ -6,30 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_training import random_split
+from helpers_training import tiny_trainer
 
 from zoo.errors import ZooError
-from zoo.models.factory import build_model, preprocessing_of
-from zoo.train.recipes import Recipe, load_recipe
+from zoo.train.recipes import load_recipe
 from zoo.train.resume import load_state, save_state
 from zoo.train.trainer import ResumeState, Trainer, interpolate
 
-SIZE, CLASSES = 32, 3
-
 
 def _trainer(alphas: list[float] | None, **callbacks) -> Trainer:
-    recipe = Recipe.model_validate({
-        "model": {"name": "custom_cnn", "kwargs": {"widths": [8, 16, 32]}},
-        "data": {"image_size": SIZE, "batch_size": 4},
-        "train": {"epochs": 2, "lr": 0.01, "warmup": {"epochs": 2, "lr": 0.01, "views": 1},
-                  "wise_ft": None if alphas is None else {"alphas": alphas},
-                  "early_stopping": {"monitor": "val_accuracy", "patience": 50}},
-    })
-    torch.manual_seed(0)
-    model = build_model("custom_cnn", CLASSES, widths=(8, 16, 32))
-    pre = preprocessing_of(model, SIZE)
-    side = pre.resize_side
-    return Trainer(model, pre, recipe, random_split(12, side, 1), random_split(6, side, 2), **callbacks)
+    return tiny_trainer({"epochs": 2, "warmup": {"epochs": 2, "lr": 0.01, "views": 1},
+                         "wise_ft": None if alphas is None else {"alphas": alphas}},
+                        pretrained=True, **callbacks)
 
 
 def _fit(alphas: list[float] | None) -> tuple[Trainer, dict[str, torch.Tensor]]:
