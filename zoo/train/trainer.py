@@ -75,6 +75,12 @@ class EarlyStopper:
         self.bad_epochs += 1
         return False
 
+    def step_scores(self, val_loss: float, val_acc: float) -> bool:
+        """``step`` with the monitored score of a validation (accuracy: ties told apart by loss)."""
+        if self.cfg.monitor == "val_loss":
+            return self.step(val_loss)
+        return self.step(val_acc, val_loss)
+
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.cfg.patience
@@ -153,7 +159,7 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(weight, label_smoothing=self.cfg.label_smoothing)
         self.loss_fn.to(self.runtime.device)
         self.val_labels = torch.as_tensor(self.val.labels)
-        self.mix_with_head = False  # set by schedule(): WiSE-FT after a head stage
+        self.wise_after_head = False  # set by schedule(): WiSE-FT after a head stage
         self.model = self.model.to(self.runtime.device)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -170,7 +176,7 @@ class Trainer:
         """Builders of the stages to run, in order: the head stage (a pretrained backbone and a
         ``train.warmup`` section), then fine-tuning. A stage is built only when it starts."""
         head = pretrained and self.cfg.warmup is not None
-        self.mix_with_head = head and self.cfg.wise_ft is not None
+        self.wise_after_head = head and self.cfg.wise_ft is not None
         return [build for build, on in ((self.head_stage, head),
                                         (self.finetune_stage, self.cfg.epochs > 0)) if on]
 
@@ -207,7 +213,7 @@ class Trainer:
         """Every layer but the first ``train.frozen_groups`` trains (on mixed batches with
         ``train.mixup``)."""
         self._set_trainable(frozen_backbone=False)
-        alphas = tuple(self.cfg.wise_ft.alphas) if self.mix_with_head else ()
+        alphas = tuple(self.cfg.wise_ft.alphas) if self.wise_after_head else ()
         mix = self.cfg.mixup
         mixup = None if mix is None else BatchMixer(mix, self.model.num_classes, self.cfg.label_smoothing)
         return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, mixup=mixup,
@@ -249,8 +255,7 @@ class Trainer:
                 self.cluster.sync_batch_norm(self.model, *([ema.module] if ema is not None else []))
             with self._weights_of(ema):
                 val_loss, val_acc = self.validate(stage)
-                by_loss = self.cfg.early_stopping.monitor == "val_loss"
-                improved = stopper.step(val_loss, None) if by_loss else stopper.step(val_acc, val_loss)
+                improved = stopper.step_scores(val_loss, val_acc)
                 if improved:
                     best_state = _clone(self.model.state_dict())
             row = {"epoch": len(self.history) + 1, "stage": stage.name, "train_loss": train_loss,
@@ -372,8 +377,7 @@ class Trainer:
             self.model.load_state_dict(mixed)
             loss, acc = self.validate(stage)
             curve.append({"alpha": alpha, "val_loss": loss, "val_accuracy": acc})
-            by_loss = self.cfg.early_stopping.monitor == "val_loss"
-            if stopper.step(loss, None) if by_loss else stopper.step(acc, loss):
+            if stopper.step_scores(loss, acc):
                 best, chosen = mixed, curve[-1]
         self.wise_ = {"alpha": chosen["alpha"], "curve": curve}
         return best
