@@ -112,6 +112,16 @@ class MixupSection(_Strict):
         return self
 
 
+class DistillSection(_Strict):
+    """Knowledge distillation into this recipe's model (zoo/train/distill.py): in the fine-tuning
+    stage the loss is ``(1 - weight) * loss on the labels + weight * T^2 * KL(teacher || student)``,
+    both softened by the temperature T. The teacher is a finished run or ensemble of the same split."""
+
+    teacher: str = Field(min_length=1, max_length=200)  # a run or ensemble name (zoo leaderboard)
+    weight: float = Field(0.5, gt=0, le=1)  # share of the loss that follows the teacher
+    temperature: float = Field(1.0, gt=0, le=20)  # softens teacher and student alike (Hinton et al.)
+
+
 class TrainSection(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0, le=10)
@@ -144,6 +154,8 @@ class TrainSection(_Strict):
     # photos as the split has, with replacement, with probability 1 / photos of their class) or
     # loss (cross-entropy class weights n / (K * n_c); validation loss stays unweighted).
     balance: Literal["none", "sampler", "loss"] = "none"
+    # Learn from a teacher's probabilities as well as the labels, in the fine-tuning stage; null: off.
+    distill: Optional[DistillSection] = None
     channels_last: bool = True
     # Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; --device overrides.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
@@ -179,6 +191,9 @@ class TrainSection(_Strict):
         if self.wise_ft is not None and (self.warmup is None or self.epochs == 0):
             raise ValueError("wise_ft mixes the warmed-up model with the fine-tuned one: it needs a "
                              "train.warmup stage and train.epochs > 0 (or set train.wise_ft: null)")
+        if self.distill is not None and self.epochs == 0:
+            raise ValueError("distill teaches the fine-tuning stage: it needs train.epochs > 0 (or "
+                             "set train.distill: null)")
         return self
 
 

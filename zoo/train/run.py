@@ -42,6 +42,7 @@ from zoo.store.runs import (
     write_meta,
 )
 from zoo.train.batches import SplitArrays
+from zoo.train.distill import Teacher, load_teacher
 from zoo.train.distributed import Cluster, lost_contact, write_rank_digest
 from zoo.train.recipes import (
     CalibrationSection,
@@ -189,8 +190,11 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
                            f"now gives split {data.split.id}; it cannot be resumed on other data.")
         model = build_model(recipe.model.name, len(data.split.classes), **recipe.model.kwargs)
         meta["status"] = "running"
-    else:
+    teacher = _teacher(recipe, opts.home, runtime, pre, data, rep)  # before a new run is claimed
+    if not resume:
         path, meta = cluster.from_main(lambda: _new_run(recipe, opts, data, pre, model, source))
+    if teacher is not None:
+        meta["distill"] = {**teacher.describe(), **recipe.train.distill.model_dump(exclude={"teacher"})}
     meta.update(runtime.describe(), processes=cluster.world_size)
     for note in data.notes:
         rep.note(note)
@@ -207,7 +211,8 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
     hooks = dict(on_epoch=lambda row: (rep.epoch(row, max_epochs), write_history(path, trainer.history)),
                  on_batch=lambda stage, i, n: rep.advance(stage, i, n),
                  on_checkpoint=lambda st: save_state(path, st)) if cluster.main else {}
-    trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"], runtime, cluster, **hooks)
+    trainer = Trainer(model, pre, recipe, data.parts["train"], data.parts["val"], runtime, cluster,
+                      teacher, **hooks)
     try:
         history = trainer.fit(pretrained, state)
     except (KeyboardInterrupt, RuntimeError) as exc:
@@ -231,6 +236,17 @@ def _train(recipe: Recipe, opts: TrainOptions, rep: Reporter, resume: str | None
                    recipe.trust, recipe.calibration)
         clear_state(path)
     return path
+
+
+def _teacher(recipe: Recipe, home: Path, runtime: Runtime, pre: Preprocessing, data: PreparedData,
+             rep: Reporter) -> Teacher | None:
+    """The recipe's ``train.distill`` teacher, loaded and checked (None without distillation)."""
+    if recipe.train.distill is None:
+        return None
+    teacher = load_teacher(recipe.train.distill, home, runtime, pre, data.split)
+    rep.log(f"distilling from {teacher.name} ({', '.join(m.name for m in teacher.models)}), "
+            f"weight {recipe.train.distill.weight}, temperature {recipe.train.distill.temperature}")
+    return teacher
 
 
 def finish_run(path: Path, meta: dict, model: nn.Module, pre: Preprocessing, data: PreparedData,

@@ -9,6 +9,7 @@ averaging and layer-wise learning rates apply), run by one loop with no per-stag
    (tests/test_warm_start.py), except that the cached path keeps the model's head dropout as a
    regulariser where a frozen model in eval mode would switch it off.
 2. Fine-tuning (history label ``finetune``): every layer trains, cosine (or one-cycle) schedule.
+   With ``train.distill`` a teacher's probabilities join the labels (``zoo.train.distill``).
    With ``train.wise_ft`` its result is then mixed in weight space with the warmed-up model it
    started from (WiSE-FT), the mix chosen on validation (``trainer.wise_``).
 
@@ -49,6 +50,7 @@ from zoo.models.inference import predict_logits
 from zoo.models.runtime import Runtime
 from zoo.train.balance import class_weights
 from zoo.train.batches import HEAD_BATCH_SIZE, Batch, PhotoBatches, SplitArrays, epoch_seed, feature_batches
+from zoo.train.distill import Teacher, distillation_loss
 from zoo.train.distributed import Cluster
 from zoo.train.mixing import BatchMixer
 from zoo.train.recipes import EarlyStopping, Recipe
@@ -103,6 +105,7 @@ class Stage:
     layer_decay: float = 1.0  # lr * layer_decay ** (distance from the head); 1: one lr for all
     wise_alphas: tuple[float, ...] = ()  # mix the result with the stage's start weights (WiSE-FT)
     mixup: BatchMixer | None = None  # mixes photos and labels, scored by its soft-target loss
+    teacher: Teacher | None = None  # its probabilities join the labels (train.distill)
 
 
 @dataclass
@@ -146,6 +149,7 @@ class Trainer:
     val: SplitArrays
     runtime: Runtime = Runtime()
     cluster: Cluster = Cluster()
+    teacher: Teacher | None = None  # required by train.distill (zoo.train.distill.load_teacher)
     on_epoch: Callable[[dict], None] = lambda row: None
     on_batch: Callable[[str, int, int], None] = lambda stage, i, n: None
     on_checkpoint: Callable[[ResumeState], None] = lambda state: None
@@ -154,6 +158,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.cfg = self.recipe.train
+        if (self.cfg.distill is None) != (self.teacher is None):
+            raise ZooError("train.distill and the Trainer's teacher go together: load the recipe's "
+                           "teacher with zoo.train.distill.load_teacher")
         weight = (class_weights(self.train.labels, self.model.num_classes)
                   if self.cfg.balance == "loss" else None)  # validation loss stays unweighted
         self.loss_fn = nn.CrossEntropyLoss(weight, label_smoothing=self.cfg.label_smoothing)
@@ -211,13 +218,13 @@ class Trainer:
 
     def finetune_stage(self) -> Stage:
         """Every layer but the first ``train.frozen_groups`` trains (on mixed batches with
-        ``train.mixup``)."""
+        ``train.mixup``, taught by the teacher with ``train.distill``)."""
         self._set_trainable(frozen_backbone=False)
         alphas = tuple(self.cfg.wise_ft.alphas) if self.wise_after_head else ()
         mix = self.cfg.mixup
         mixup = None if mix is None else BatchMixer(mix, self.model.num_classes, self.cfg.label_smoothing)
         return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, mixup=mixup,
-                                 ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay,
+                                 teacher=self.teacher, ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay,
                                  wise_alphas=alphas)
 
     def _photo_stage(self, name: str, module: nn.Module, epochs: int, lr: float, **options) -> Stage:
@@ -315,7 +322,12 @@ class Trainer:
             x, y = stage.mixup(x, y)
             loss_fn = stage.mixup.loss
         with self.runtime.autocast():
-            loss = loss_fn(stage.forward(x).float(), y)
+            logits = stage.forward(x).float()
+            loss = loss_fn(logits, y)
+            if stage.teacher is not None:
+                d = self.cfg.distill
+                taught = distillation_loss(logits, stage.teacher.log_probs(x), d.temperature)
+                loss = (1 - d.weight) * loss + d.weight * taught
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)

@@ -160,6 +160,10 @@ class SearchSpace:
     def of(cls, recipe: Recipe, source: str) -> SearchSpace:
         """Parse and check ``recipe.tune``: every key exists, every range or choice list is
         well formed, and both ends of each range (every choice) make a valid recipe."""
+        if recipe.train.distill is not None:
+            raise ZooError(f"Recipe {source} distills from '{recipe.train.distill.teacher}', which "
+                           "zoo tune cannot do: its cross-validation folds would score photos that "
+                           "teacher trained on. Tune without it: --set train.distill=null.")
         resolved = recipe.model_dump(exclude={"tune"})
         dims = tuple(_dimension(str(k), spec, resolved) for k, spec in recipe.tune.items() if spec is not None)
         if not dims:
