@@ -16,6 +16,9 @@ It also pools each variant's out-of-fold validation predictions (every train+val
 and fits one temperature on them: a steadier fit than one fold's validation photos, to pin with
 ``--set calibration.temperature=T``; and for runs with ``train.wise_ft`` it prints the mean
 validation score of every WiSE-FT mix over the folds, to choose a fixed mix.
+
+In a --variant, ``{fold}`` stands for the fold's number: ``"kd train.distill.teacher=soft-fold{fold}"``
+distills each fold from its own teacher (``benchmarks/ensemble_cv.py`` builds such ensembles).
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def train_fold(recipe: str, data: Path, name: str, sets: list[str], fold: int, w
                OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "zoo", "train", recipe, "--data", str(data), "--quiet", "--name", run]
     for s in sets:
-        cmd += ["--set", s]
+        cmd += ["--set", s.replace("{fold}", str(fold))]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
