@@ -99,3 +99,14 @@ def test_member_without_predictions_is_refused(home: Path) -> None:
     (home / "okay" / "predictions" / "val.npz").unlink()
     result = CliRunner().invoke(app, ["ensemble", "--members", "good,okay"])
     assert result.exit_code == 2 and "okay" in result.output and "predictions" in result.output
+
+
+def test_the_leaderboard_shows_ece_before_and_after_the_temperature(home: Path) -> None:
+    result = CliRunner().invoke(app, ["ensemble", "--members", "good,okay", "--method", "soft", "--name", "s"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((home / "s" / "meta.json").read_text())
+    board = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["leaderboard", "--format", "json"]).stdout)}
+    assert board["s"]["ece_uncalibrated"] == pytest.approx(meta["metrics"]["test"]["ece_uncalibrated"])
+    assert board["s"]["ece"] == pytest.approx(meta["metrics"]["test"]["ece"])
+    table = CliRunner().invoke(app, ["leaderboard", "--format", "markdown"]).stdout
+    assert "| ECE | ECE raw |" in table

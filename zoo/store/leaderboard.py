@@ -25,7 +25,7 @@ COLUMNS = {
     "name": "TEXT PRIMARY KEY", "kind": "TEXT", "model": "TEXT", "dataset": "TEXT",
     "split_id": "TEXT", "status": "TEXT", "test_accuracy": "REAL", "val_accuracy": "REAL",
     "balanced_accuracy": "REAL", "macro_f1": "REAL", "test_nll": "REAL", "ece": "REAL",
-    "params": "INTEGER", "fit_seconds": "REAL", "infer_img_per_s": "REAL", "created": "TEXT",
+    "ece_uncalibrated": "REAL", "params": "INTEGER", "fit_seconds": "REAL", "infer_img_per_s": "REAL", "created": "TEXT",
     "members": "TEXT", "evaluated_on": "TEXT",
 }
 EVAL_COLUMNS = {
@@ -34,9 +34,9 @@ EVAL_COLUMNS = {
     "ece_uncalibrated": "REAL", "n": "INTEGER", "unknown_skipped": "INTEGER",
     "unreadable": "INTEGER", "created": "TEXT",
 }
-SCHEMA_VERSION = 1  # raise with every change of COLUMNS or EVAL_COLUMNS
+SCHEMA_VERSION = 2  # raise with every change of COLUMNS or EVAL_COLUMNS
 SORTABLE = [c for c, t in COLUMNS.items() if t in ("REAL", "INTEGER")] + ["name", "created"]
-ASCENDING = {"test_nll", "ece", "fit_seconds", "params"}
+ASCENDING = {"test_nll", "ece", "ece_uncalibrated", "fit_seconds", "params"}
 TTA_SUFFIX = "+tta"
 
 
@@ -100,7 +100,7 @@ def row_from_meta(meta: dict) -> dict:
         "status": meta.get("status"), "test_accuracy": test.get("accuracy"),
         "val_accuracy": val.get("accuracy"), "balanced_accuracy": test.get("balanced_accuracy"),
         "macro_f1": test.get("macro_f1"), "test_nll": test.get("nll"), "ece": test.get("ece"),
-        "params": meta.get("params"), "fit_seconds": meta.get("fit_seconds"),
+        "ece_uncalibrated": test.get("ece_uncalibrated"), "params": meta.get("params"), "fit_seconds": meta.get("fit_seconds"),
         "infer_img_per_s": meta.get("infer_img_per_s"), "created": meta.get("created"),
         "members": ",".join(meta.get("members", [])) or None,
         "evaluated_on": meta.get("evaluated_on"),
@@ -114,7 +114,8 @@ def tta_row(meta: dict, evaluation: dict) -> dict:
     return {**row_from_meta(meta), "name": meta["name"] + TTA_SUFFIX, "kind": "tta",
             "test_accuracy": test["accuracy"], "val_accuracy": val.get("accuracy"),
             "balanced_accuracy": test["balanced_accuracy"], "macro_f1": test["macro_f1"],
-            "test_nll": test["nll"], "ece": test["ece"], "created": evaluation["created"],
+            "test_nll": test["nll"], "ece": test["ece"],
+            "ece_uncalibrated": test.get("ece_uncalibrated"), "created": evaluation["created"],
             "infer_img_per_s": speed / evaluation["views"] if speed else None,
             "evaluated_on": f"test split, {evaluation['views']}-view TTA"}
 

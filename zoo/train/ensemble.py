@@ -13,7 +13,7 @@ import numpy as np
 
 from ensembles import create_method
 from zoo.errors import ZooError
-from zoo.evaluate.calibration import TemperatureScaler
+from zoo.evaluate.calibration import TemperatureScaler, expected_calibration_error
 from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.trust import (
     DEFAULT_PRECISION,
@@ -132,6 +132,7 @@ def build_ensemble(members: list[str], method: str, name: str | None, home: Path
             extra = {"ood": ood[split]} if ood[split] is not None else {}
             save_predictions(path, split, ids.tolist(), y, probs, probs_uncalibrated=raw[split], **extra)
             metrics[split] = classification_metrics(y, probs, classes)
+            metrics[split]["ece_uncalibrated"] = float(expected_calibration_error(y, raw[split]))
             metrics[split]["selective"] = selective_summary(judge, probs, y, ood[split], classes)
         meta = {
             "name": path.name, "kind": "ensemble", "status": "finished", "model": f"{method} ensemble",
