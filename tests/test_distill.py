@@ -14,10 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_resume import _wait_for_epoch, _zoo
-from typer.testing import CliRunner
 
-from tests.conftest import make_dataset
-from zoo.cli import app
+from tests.helpers_cli import private_zoo, zoo
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.transforms import to_tensor
 from zoo.errors import ZooError
@@ -30,31 +28,14 @@ TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "m
         "--quiet"]
 
 
-def zoo(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "1000"})
-    output = " ".join(result.output.split())
-    assert "Traceback" not in output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, output
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory):
     """A private zoo with tiny custom_cnn runs ``a`` and ``b`` and their soft vote ``ab``."""
-    root = tmp_path_factory.mktemp("distill")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZOO_HOME", str(root / "runs"))
-        mp.setenv("ZOO_SPLITS_DIR", str(root / "splits"))
-        mp.setenv("ZOO_DATA", str(make_dataset(root / "photos", per_class=10)))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.delenv("ZOO_WEIGHTS_DIR", raising=False)
-        for name, seed in (("a", 0), ("b", 1)):
-            code, said = zoo("train", "custom_cnn", *TINY, "--set", "train.epochs=2", "--set",
-                             f"seed={seed}", "--name", name)
-            assert code == 0, said
+    with private_zoo(tmp_path_factory.mktemp("distill"), [*TINY, "--set", "train.epochs=2"],
+                     {"a": 0, "b": 1}) as runs:
         code, said = zoo("ensemble", "--members", "a,b", "--method", "soft", "--name", "ab")
         assert code == 0, said
-        yield root / "runs"
+        yield runs
 
 
 def test_adapt_renormalises_and_resizes() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import make_dataset
+from tests.helpers_cli import private_zoo, zoo
 from zoo.cli import app
 from zoo.models.factory import build_model
 from zoo.store.leaderboard import rows
@@ -22,14 +22,6 @@ from zoo.train.soup import Ingredient, build_soup, greedy_state
 
 TINY = ["--set", "data.image_size=32", "--set", "train.epochs=2", "--set", "data.batch_size=8",
         "--set", "model.kwargs.widths=[8,16]", "--quiet"]
-
-
-def zoo(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "1000"})
-    output = " ".join(result.output.split())
-    assert "Traceback" not in output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, output
 
 
 def _copy(home: Path, src: str, dst: str, **meta_over) -> Path:
@@ -43,17 +35,8 @@ def _copy(home: Path, src: str, dst: str, **meta_over) -> Path:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory):
     """A private zoo with tiny custom_cnn runs ``a`` and ``b`` (seeds 0 and 1) trained here."""
-    root = tmp_path_factory.mktemp("soup")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZOO_HOME", str(root / "runs"))
-        mp.setenv("ZOO_SPLITS_DIR", str(root / "splits"))
-        mp.setenv("ZOO_DATA", str(make_dataset(root / "photos", per_class=10)))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.delenv("ZOO_WEIGHTS_DIR", raising=False)
-        for name, seed in (("a", 0), ("b", 1)):
-            code, said = zoo("train", "custom_cnn", *TINY, "--set", f"seed={seed}", "--name", name)
-            assert code == 0, said
-        yield root / "runs"
+    with private_zoo(tmp_path_factory.mktemp("soup"), TINY, {"a": 0, "b": 1}) as runs:
+        yield runs
 
 
 def _names(home: Path) -> set[str]:

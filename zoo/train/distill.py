@@ -93,6 +93,4 @@ def load_teacher(cfg: DistillSection, home: Path, runtime: Runtime, student: Pre
                        f"run's data gives split {split.id} (classes {', '.join(split.classes)}). A "
                        "teacher of another split may have seen this run's validation or test photos: "
                        "train the teacher on the same data and split first.")
-    for m in predictor.members if predictor.kind == "ensemble" else [predictor]:
-        m.model.requires_grad_(False)
     return Teacher(predictor, student)
