@@ -6,9 +6,11 @@ rotation, a smaller specimen on another background).
     python benchmarks/shift.py custom_cnn-1 tf_efficientnet_lite0-1 --json shift.json
     python benchmarks/shift.py ensemble-soft-1 --photos 5 --shifts jpeg,blur --strengths strong
     python benchmarks/shift.py custom_cnn-1 --split val --save-examples /tmp/shift-examples
+    python benchmarks/shift.py lite0 kd --folds 5 --home /tmp/cv/runs   # recipe_cv.py's fold runs
 
 The photos are those every entry (run or ensemble, from ``--home``, default $ZOO_HOME) was
-scored on: its stored ``--split`` predictions (the dataset's fixed test split by default), as
+scored on (with ``--folds``: each fold's run of every entry, on that fold's validation photos):
+its stored ``--split`` predictions (the dataset's fixed test split by default), as
 ``zoo evaluate --tta`` rescores them, read from where the run was trained or from ``--data``.
 Each photo is decoded once (EXIF-rotated, as zoo decodes; worked on at its own size, shorter
 side capped at WORK_SIDE px), changed, then resized to each model's decode size and predicted
@@ -311,6 +313,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=list(SHIFTS), help=f"comma-separated subset of {','.join(SHIFTS)}")
     p.add_argument("--strengths", type=lambda v: subset(v, STRENGTHS, "strength"),
                    default=list(STRENGTHS), help="mild,strong (default both)")
+    p.add_argument("--folds", type=int, help="entries are benchmarks/recipe_cv.py (or ensemble_cv.py) "
+                   "variants: benchmark <entry>-fold<k> on fold k's validation photos for each k < "
+                   "FOLDS, then print each entry's mean over the folds")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.add_argument("--save-examples", type=Path, metavar="DIR",
                    help="write the first photo, clean and shifted, as PNGs here")
@@ -319,7 +324,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.photos is not None and args.photos < 1:
         p.error("--photos must be at least 1")
+    if args.folds is not None and args.folds < 1:
+        p.error("--folds must be at least 1")
     return args
+
+
+def benchmark(names: list[str], home: Path, runtime: Runtime, args: argparse.Namespace,
+              split: str) -> tuple[dict, Path, int]:
+    """Every entry's scores on its ``split`` photos, clean and shifted; the photos' folder and count."""
+    predictors = [load_predictor(name, home, runtime) for name in dict.fromkeys(names)]
+    root = data_root(predictors[0], args.data)
+    ids, labels = split_photos(predictors, split, args.photos)
+    if args.save_examples:
+        save_examples(args.save_examples, root, ids[0], args.shifts, args.strengths)
+    conditions = [("clean", "")] + [(s, k) for s in args.shifts for k in args.strengths]
+    probs = predict_conditions(predictors, root, ids, conditions, args.quiet)
+    results = {p.name: summarise(p, labels, probs[p.name], split, args.shifts, args.strengths)
+               for p in predictors}
+    return results, root, len(ids)
+
+
+def fold_means(per_fold: list[dict], entries: list[str]) -> dict:
+    """Per entry, the mean over the folds of its clean and all-shift scores and of its drop
+    (clean accuracy minus the mean accuracy under shift)."""
+    means = {}
+    for e in entries:
+        runs = [fold[f"{e}-fold{k}"] for k, fold in enumerate(per_fold)]
+        means[e] = {"clean": mean_scores([r["clean"] for r in runs]),
+                    "shifted": mean_scores([r["mean"]["all"] for r in runs]),
+                    "drop": float(np.mean([r["clean"]["accuracy"] - r["mean"]["all"]["accuracy"] for r in runs]))}
+    print(f"mean over {len(per_fold)} folds' validation photos: {'entry':<24}{'clean acc':>10}"
+          f"{'shifted':>9}{'drop':>7}{'NLL':>7}{'shifted':>9}{'ECE':>7}{'shifted':>9}")
+    for e, m in means.items():
+        c, s = m["clean"], m["shifted"]
+        print(f"{'':<42}{e:<24}{c['accuracy']:>10.4f}{s['accuracy']:>9.4f}{m['drop']:>7.4f}"
+              f"{c['nll']:>7.3f}{s['nll']:>9.3f}{c['ece']:>7.3f}{s['ece']:>9.3f}")
+    return means
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,26 +367,24 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runtime = Runtime.create(args.device)
     home = args.home or runs_home()
-    predictors = [load_predictor(name, home, runtime) for name in dict.fromkeys(args.entries)]
-    root = data_root(predictors[0], args.data)
-    ids, labels = split_photos(predictors, args.split, args.photos)
-    if args.save_examples:
-        save_examples(args.save_examples, root, ids[0], args.shifts, args.strengths)
-    conditions = [("clean", "")] + [(s, k) for s in args.shifts for k in args.strengths]
-    probs = predict_conditions(predictors, root, ids, conditions, args.quiet)
-    results = {p.name: summarise(p, labels, probs[p.name], args.split, args.shifts,
-                               args.strengths)
-               for p in predictors}
-    print(f"{len(ids)} {args.split} photos of {root}; accuracy, NLL, ECE (calibrated), "
-          "ECE raw, ECE with the temperature kept >= 1, over-confidence (mean top probability - accuracy)")
-    print_table(results, args.shifts, args.strengths)
+    entries = list(dict.fromkeys(args.entries))
+    folds = [[f"{e}-fold{k}" for e in entries] for k in range(args.folds)] if args.folds else [entries]
+    split = "val" if args.folds else args.split
+    per_fold = []
+    for names in folds:
+        results, root, photos = benchmark(names, home, runtime, args, split)
+        print(f"{photos} {split} photos of {root}; accuracy, NLL, ECE (calibrated), ECE raw, ECE "
+              "with the temperature kept >= 1, over-confidence (mean top probability - accuracy)")
+        print_table(results, args.shifts, args.strengths)
+        per_fold.append(results)
+    summary = {"folds": per_fold, "mean": fold_means(per_fold, entries)} if args.folds else {"entries": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "split": args.split, "data": str(root), "photos": len(ids),
+            "split": split, "data": str(root), "photos": photos,
             "photos_per_class_cap": args.photos, "shifts": args.shifts,
             "strengths": args.strengths, "seconds": round(time.perf_counter() - start, 1),
-            "entries": results}, indent=2))
+            **summary}, indent=2))
     return 0
 
 

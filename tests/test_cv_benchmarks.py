@@ -1,6 +1,7 @@
-"""benchmarks/recipe_cv.py and benchmarks/ensemble_cv.py together on tiny runs: two variants
-trained on two folds, their soft vote built per fold with `zoo ensemble`, then a variant that
-distills each fold from that fold's ensemble (``{fold}`` in a --variant)."""
+"""benchmarks/recipe_cv.py, ensemble_cv.py and shift.py --folds together on tiny runs: two
+variants trained on two folds, their soft vote built per fold with `zoo ensemble`, a variant that
+distills each fold from that fold's ensemble (``{fold}`` in a --variant), and the shift benchmark
+on every fold's validation photos."""
 from __future__ import annotations
 
 import importlib.util
@@ -47,3 +48,13 @@ def test_fold_ensembles_score_and_teach(tmp_path: Path, monkeypatch: pytest.Monk
         meta = json.loads((runs / f"kd-fold{k}" / "meta.json").read_text())
         assert meta["distill"]["teacher"] == f"soft-a-b-fold{k}"
         assert meta["distill"]["models"] == [f"a-fold{k}", f"b-fold{k}"]
+    shift = _module("shift")
+    out = tmp_path / "shift.json"
+    assert shift.main(["a", "kd", "soft-a-b", "--folds", "2", "--home", str(runs), "--photos", "1",
+                       "--shifts", "jpeg", "--strengths", "mild", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "val" and [sorted(f) for f in result["folds"]] == [
+        ["a-fold0", "kd-fold0", "soft-a-b-fold0"], ["a-fold1", "kd-fold1", "soft-a-b-fold1"]]
+    clean = [result["folds"][k]["kd-fold" + str(k)]["clean"]["accuracy"] for k in range(2)]
+    assert result["mean"]["kd"]["clean"]["accuracy"] == pytest.approx(sum(clean) / 2)
+    assert set(result["mean"]) == {"a", "kd", "soft-a-b"}
