@@ -224,8 +224,8 @@ class Trainer:
         mix = self.cfg.mixup
         mixup = None if mix is None else BatchMixer(mix, self.model.num_classes, self.cfg.label_smoothing)
         return self._photo_stage("finetune", self.model, self.cfg.epochs, self.cfg.lr, mixup=mixup,
-                                 teacher=self.teacher, ema_decay=self.cfg.ema_decay, layer_decay=self.cfg.layer_decay,
-                                 wise_alphas=alphas)
+                                 teacher=self.teacher, ema_decay=self.cfg.ema_decay,
+                                 layer_decay=self.cfg.layer_decay, wise_alphas=alphas)
 
     def _photo_stage(self, name: str, module: nn.Module, epochs: int, lr: float, **options) -> Stage:
         """A stage that runs augmented photos through the whole model (in DDP with several
