@@ -4,6 +4,7 @@ run teaches whether it is a model or an ensemble; teachers of another split and 
 cannot distill are refused; an interrupted student resumes exactly where it would have been."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -13,15 +14,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_training import SIZE, tiny_trainer
 from test_resume import _wait_for_epoch, _zoo
 
 from tests.helpers_cli import private_zoo, zoo
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.transforms import to_tensor
+from zoo.data.transforms import eval_array, to_tensor
 from zoo.errors import ZooError
+from zoo.evaluate.predictor import load_predictor
+from zoo.models.factory import build_model, preprocessing_of
 from zoo.store.leaderboard import rows
 from zoo.store.runs import load_predictions
-from zoo.train.distill import adapt, distillation_loss
+from zoo.train.distill import Teacher, adapt, distillation_loss
 from zoo.train.recipes import load_recipe
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "model.kwargs.widths=[8,16]",
@@ -56,6 +60,42 @@ def test_the_loss_is_zero_when_the_student_agrees_and_scales_with_t_squared() ->
     kl = F.kl_div(F.log_softmax(logits / 2, 1), F.log_softmax(teacher / 2, 1), reduction="batchmean",
                   log_target=True)
     assert distillation_loss(logits, teacher, 2.0).item() == pytest.approx(4 * kl.item())
+
+
+@pytest.mark.parametrize("name", ["a", "ab"])
+def test_the_teacher_gives_what_predict_gives(home: Path, name: str) -> None:
+    """On a student batch normalised otherwise, the teacher's probabilities are the run's or
+    ensemble's uncalibrated ones (``raw_proba``) on the same photos."""
+    predictor = load_predictor(name, home)
+    pre = (predictor.members[0] if name == "ab" else predictor).pre
+    student = dataclasses.replace(pre, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (40, 45, 3), dtype=np.uint8) for _ in range(5)]
+    x = to_tensor([eval_array(p, student) for p in photos], student)
+    taught = Teacher(predictor, student).log_probs(x).exp().numpy()
+    np.testing.assert_allclose(taught, predictor.raw_proba(photos), atol=1e-5)
+
+
+def test_the_training_loss_mixes_labels_and_teacher(home: Path) -> None:
+    pre = preprocessing_of(build_model("custom_cnn", 3, widths=(8, 16, 32)), SIZE)
+    teacher = Teacher(load_predictor("ab", home), pre)
+    trainer = tiny_trainer({"epochs": 1, "distill": {"teacher": "ab", "weight": 0.3, "temperature": 2.0}},
+                           teacher=teacher)
+    stage = trainer.finetune_stage()
+    assert stage.teacher is teacher
+    opt = trainer.optimizer_for(stage)
+    sched = trainer.scheduler_for(opt, 10)
+    x, y = batch = next(stage.batches(0))
+    trainer._set_modes(stage)
+    torch.manual_seed(1)
+    logits = stage.forward(x).float()
+    taught = distillation_loss(logits, teacher.log_probs(x), 2.0)
+    assert taught.item() > 0.01  # the untrained student disagrees with its teacher
+    expected = 0.7 * trainer.loss_fn(logits, y) + 0.3 * taught
+    torch.manual_seed(1)
+    assert trainer.train_step(stage, batch, opt, sched) == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ZooError, match="go together"):
+        tiny_trainer({"epochs": 1, "distill": {"teacher": "ab"}})
 
 
 @pytest.mark.parametrize("teacher", ["a", "ab"])

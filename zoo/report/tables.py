@@ -13,10 +13,11 @@ from zoo.errors import ZooError
 SHOWN = ["kind", "name", "model", "test_accuracy", "val_accuracy", "macro_f1", "test_nll", "ece",
          "ece_uncalibrated", "params", "fit_seconds", "infer_img_per_s", "created"]
 HEADERS = {"test_accuracy": "test acc", "val_accuracy": "val acc", "macro_f1": "macro-F1",
-           "test_nll": "NLL", "ece": "ECE", "ece_uncalibrated": "ECE raw", "fit_seconds": "fit s", "infer_img_per_s": "img/s"}
+           "test_nll": "NLL", "ece": "ECE", "ece_uncalibrated": "ECE raw", "fit_seconds": "fit s",
+           "infer_img_per_s": "img/s"}
 # A terminal too narrow for every column loses these first, in this order (never name or accuracy).
-DROP_ORDER = ["created", "model", "kind", "infer_img_per_s", "ece_uncalibrated", "ece", "params", "test_nll",
-              "macro_f1", "fit_seconds"]
+DROP_ORDER = ["created", "model", "kind", "infer_img_per_s", "ece_uncalibrated", "ece", "params",
+              "test_nll", "macro_f1", "fit_seconds"]
 
 
 def _fmt(key: str, value: object) -> str:

@@ -25,8 +25,8 @@ COLUMNS = {
     "name": "TEXT PRIMARY KEY", "kind": "TEXT", "model": "TEXT", "dataset": "TEXT",
     "split_id": "TEXT", "status": "TEXT", "test_accuracy": "REAL", "val_accuracy": "REAL",
     "balanced_accuracy": "REAL", "macro_f1": "REAL", "test_nll": "REAL", "ece": "REAL",
-    "ece_uncalibrated": "REAL", "params": "INTEGER", "fit_seconds": "REAL", "infer_img_per_s": "REAL", "created": "TEXT",
-    "members": "TEXT", "evaluated_on": "TEXT",
+    "ece_uncalibrated": "REAL", "params": "INTEGER", "fit_seconds": "REAL", "infer_img_per_s": "REAL",
+    "created": "TEXT", "members": "TEXT", "evaluated_on": "TEXT",
 }
 EVAL_COLUMNS = {
     "run": "TEXT", "on_folder": "TEXT", "tta": "INTEGER", "views": "INTEGER", "accuracy": "REAL",
@@ -100,7 +100,8 @@ def row_from_meta(meta: dict) -> dict:
         "status": meta.get("status"), "test_accuracy": test.get("accuracy"),
         "val_accuracy": val.get("accuracy"), "balanced_accuracy": test.get("balanced_accuracy"),
         "macro_f1": test.get("macro_f1"), "test_nll": test.get("nll"), "ece": test.get("ece"),
-        "ece_uncalibrated": test.get("ece_uncalibrated"), "params": meta.get("params"), "fit_seconds": meta.get("fit_seconds"),
+        "ece_uncalibrated": test.get("ece_uncalibrated"), "params": meta.get("params"),
+        "fit_seconds": meta.get("fit_seconds"),
         "infer_img_per_s": meta.get("infer_img_per_s"), "created": meta.get("created"),
         "members": ",".join(meta.get("members", [])) or None,
         "evaluated_on": meta.get("evaluated_on"),

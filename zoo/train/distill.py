@@ -61,7 +61,8 @@ class Teacher:
                 logits.append(m.model(adapt(x, self.student, m.pre)).float())
         if self.method is None:
             return F.log_softmax(logits[0], 1)
-        members = [m.scaler.transform(torch.softmax(z, 1).cpu().numpy()) for m, z in zip(self.models, logits)]
+        members = [m.scaler.transform(torch.softmax(z, 1).cpu().numpy())
+                   for m, z in zip(self.models, logits)]
         combined = np.clip(self.method.predict_proba(members), 1e-12, 1.0)
         return torch.from_numpy(np.log(combined)).float().to(x.device)
 
