@@ -64,7 +64,7 @@ from zoo.evaluate.metrics import classification_metrics
 from zoo.evaluate.predictor import ModelPredictor, load_predictor
 from zoo.models.runtime import Runtime
 from zoo.paths import runs_home
-from zoo.store.runs import load_predictions
+from zoo.store.runs import load_predictions, run_dir
 
 WORK_SIDE = 1024  # larger photos are shrunk to this shorter side before they are changed
 CHUNK = 16        # photos decoded and changed at a time (bounded memory)
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = list(dict.fromkeys(args.entries))
     folds = [[f"{e}-fold{k}" for e in entries] for k in range(args.folds)] if args.folds else [entries]
     split = "val" if args.folds else args.split
+    for name in (n for names in folds for n in names):
+        run_dir(name, home)  # every fold's run exists, before hours of work
     per_fold = []
     for names in folds:
         results, root, photos = benchmark(names, home, runtime, args, split)

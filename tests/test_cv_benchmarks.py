@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_dataset
+from zoo.errors import ZooError
 from zoo.store.runs import load_predictions
 
 
@@ -58,3 +59,5 @@ def test_fold_ensembles_score_and_teach(tmp_path: Path, monkeypatch: pytest.Monk
     clean = [result["folds"][k]["kd-fold" + str(k)]["clean"]["accuracy"] for k in range(2)]
     assert result["mean"]["kd"]["clean"]["accuracy"] == pytest.approx(sum(clean) / 2)
     assert set(result["mean"]) == {"a", "kd", "soft-a-b"}
+    with pytest.raises(ZooError, match="No run named 'a-fold2'"):  # checked before any photo is changed
+        shift.main(["a", "--folds", "3", "--home", str(runs), "--quiet"])
